@@ -1,0 +1,276 @@
+"""Python face of the fused ops in ``pybench._C``, and their pure-PyTorch reference.
+
+Three ops live under ``torch.ops.pybench`` (schemas in csrc/ops.cpp, mirrored in ``SCHEMAS`` below):
+
+- ``channel_stats(w, dim) -> [C, 3]``: per index of ``dim``: sum|w|, sum w^2, sum w, in one read of ``w``.
+  fp32 result (fp64 for fp64 input); fp16 / bf16 inputs accumulate in fp32 or better.
+- ``activation_stats(x, state=None) -> [C, 4]``: per channel (dim 1, NCHW or channels_last): count, mean,
+  M2 (sum of squared deviations, Welford) and zero count, merged into ``state`` with Chan's formula so that
+  many batches give the statistics of their concatenation. The result has ``state``'s dtype, else fp64
+  (an fp32 count is exact only up to 2**24 elements per channel).
+- ``channel_gather(w, out_idx, in_idx)``: ``w[out_idx][:, in_idx]`` in one pass, contiguous. Either index may
+  be None (keep that dim whole). Indices are int32 / int64 on ``w``'s device, each in ``[0, size)``.
+  Duplicate indices are allowed and copy the channel twice (gather semantics, like ``index_select``).
+
+Every op always works: where the extension is missing (a source checkout on PYTHONPATH) or was built without
+CUDA, the reference below is registered in its place, with one warning. ``backend()`` says which runs where.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+__all__ = [
+    "SCHEMAS",
+    "activation_stats",
+    "activation_summary",
+    "backend",
+    "channel_gather",
+    "channel_stats",
+    "merge_activation_stats",
+    "ref_activation_stats",
+    "ref_channel_gather",
+    "ref_channel_stats",
+]
+
+SCHEMAS: dict[str, str] = {
+    "channel_stats": "channel_stats(Tensor w, int dim) -> Tensor",
+    "activation_stats": "activation_stats(Tensor x, Tensor? state=None) -> Tensor",
+    "channel_gather": "channel_gather(Tensor w, Tensor? out_idx, Tensor? in_idx) -> Tensor",
+}
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input checks: the same rules and messages as csrc/ops.cpp, so the reference fails exactly like the kernels.
+# ---------------------------------------------------------------------------------------------------------------
+def _check_float(op: str, arg: str, t: torch.Tensor) -> None:
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: {arg} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+                        f"got {t.dtype}")
+
+
+def _check_dim(op: str, w: torch.Tensor, dim: int) -> int:
+    if w.dim() == 0:
+        raise ValueError(f"{op}: w must have at least 1 dimension, got a 0-d tensor")
+    if not -w.dim() <= dim < w.dim():
+        raise IndexError(f"{op}: dim {dim} is out of range for w of rank {w.dim()} "
+                         f"(expected {-w.dim()}..{w.dim() - 1})")
+    return dim % w.dim()
+
+
+def _check_state(x: torch.Tensor, state: torch.Tensor | None) -> None:
+    if state is None:
+        return
+    channels = x.shape[1]
+    if state.dim() != 2 or state.shape[0] != channels or state.shape[1] != 4:
+        raise ValueError(f"activation_stats: state must have shape [C, 4] = [{channels}, 4] "
+                         f"(count, mean, M2, zeros), got {list(state.shape)}")
+    if state.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"activation_stats: state must be float32 or float64, got {state.dtype}")
+    if state.device != x.device:
+        raise ValueError(f"activation_stats: state is on {state.device} but x is on {x.device}; "
+                         "keep the running state on x's device")
+
+
+def _check_activation(x: torch.Tensor, state: torch.Tensor | None) -> None:
+    _check_float("activation_stats", "x", x)
+    if x.dim() < 2:
+        raise ValueError(f"activation_stats: x must have shape (N, C, ...) with at least 2 dimensions, "
+                         f"got shape {list(x.shape)}")
+    _check_state(x, state)
+
+
+def _check_index(w: torch.Tensor, idx: torch.Tensor | None, arg: str, dim: int) -> None:
+    if idx is None:
+        return
+    if idx.dtype not in _INDEX_DTYPES:
+        raise TypeError(f"channel_gather: {arg} must be an int32 or int64 tensor, got {idx.dtype}")
+    if idx.dim() != 1:
+        raise ValueError(f"channel_gather: {arg} must be 1-D, got shape {list(idx.shape)}")
+    if idx.device != w.device:
+        raise ValueError(f"channel_gather: {arg} is on {idx.device} but w is on {w.device}; "
+                         f"move {arg} to w's device")
+    if idx.numel() and idx.device.type != "meta":
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= w.shape[dim]:
+            bad = lo if lo < 0 else hi
+            raise IndexError(f"channel_gather: {arg} holds {bad}, out of range for dim {dim} of w "
+                             f"(size {w.shape[dim]}; valid 0..{w.shape[dim] - 1})")
+
+
+def _check_gather(w: torch.Tensor, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None) -> None:
+    _check_float("channel_gather", "w", w)
+    if w.dim() == 0:
+        raise ValueError("channel_gather: w must have at least 1 dimension, got a 0-d tensor")
+    if in_idx is not None and w.dim() < 2:
+        raise ValueError(f"channel_gather: in_idx needs w of rank >= 2 (dim 1), got rank {w.dim()}")
+    _check_index(w, out_idx, "out_idx", 0)
+    _check_index(w, in_idx, "in_idx", 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure-PyTorch reference
+# ---------------------------------------------------------------------------------------------------------------
+def _stats_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def ref_channel_stats(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Reference of ``channel_stats``: [C, 3] = sum|w|, sum w^2, sum w per index of ``dim``."""
+    _check_float("channel_stats", "w", w)
+    dim = _check_dim("channel_stats", w, dim)
+    rows = w.movedim(dim, 0).reshape(w.shape[dim], -1).to(_stats_dtype(w))
+    return torch.stack([rows.abs().sum(1), rows.pow(2).sum(1), rows.sum(1)], dim=1)
+
+
+def merge_activation_stats(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Chan et al.'s exact merge of two [C, 4] (count, mean, M2, zeros) statistics; the result has ``a``'s dtype."""
+    b = b.to(a.dtype)
+    na, nb = a[:, 0], b[:, 0]
+    n = na + nb
+    safe_n = torch.where(n > 0, n, torch.ones_like(n))
+    delta = b[:, 1] - a[:, 1]
+    mean = torch.where(n > 0, a[:, 1] + delta * nb / safe_n, torch.zeros_like(n))
+    m2 = a[:, 2] + b[:, 2] + delta * delta * na * nb / safe_n
+    return torch.stack([n, mean, m2, a[:, 3] + b[:, 3]], dim=1)
+
+
+def ref_activation_stats(x: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference of ``activation_stats``: two-pass statistics in fp64, then Chan's merge into ``state``."""
+    _check_activation(x, state)
+    channels = x.shape[1]
+    rows = x.movedim(1, -1).reshape(-1, channels).to(torch.float64)
+    count = torch.full((channels,), float(rows.shape[0]), dtype=torch.float64, device=x.device)
+    if rows.shape[0]:
+        mean = rows.mean(0)
+        m2 = (rows - mean).pow(2).sum(0)
+    else:
+        mean = m2 = torch.zeros(channels, dtype=torch.float64, device=x.device)
+    zeros = (rows == 0).sum(0).to(torch.float64)
+    batch = torch.stack([count, mean, m2, zeros], dim=1)
+    if state is None:
+        return batch
+    return merge_activation_stats(state, batch)
+
+
+def ref_channel_gather(w: torch.Tensor, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None) -> torch.Tensor:
+    """Reference of ``channel_gather``: two ``index_select`` calls."""
+    _check_gather(w, out_idx, in_idx)
+    if out_idx is not None:
+        w = w.index_select(0, out_idx.long())
+    if in_idx is not None:
+        w = w.index_select(1, in_idx.long())
+    return w.contiguous() if (out_idx is not None or in_idx is not None) else w.clone(memory_format=torch.contiguous_format)
+
+
+def activation_summary(state: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-channel mean, population std and APoZ (fraction of zeros) from an ``activation_stats`` state."""
+    count = state[:, 0].clamp_min(1)
+    return {"mean": state[:, 1], "std": (state[:, 2] / count).clamp_min(0).sqrt(), "apoz": state[:, 3] / count}
+
+
+_REFERENCE = {
+    "channel_stats": ref_channel_stats,
+    "activation_stats": ref_activation_stats,
+    "channel_gather": ref_channel_gather,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registration: the extension where it exists, the reference wherever it does not.
+# ---------------------------------------------------------------------------------------------------------------
+def _load_extension() -> str | None:
+    """Import pybench._C (which registers the ops). Returns why it failed, or None."""
+    try:
+        from pybench import _C  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
+_EXTENSION_ERROR = _load_extension()
+_LIB: torch.library.Library | None = None  # kept alive: dropping it unregisters what it holds
+_NATIVE: dict[str, str] = {}  # dispatch key -> who runs it natively
+
+if _EXTENSION_ERROR is not None:
+    warnings.warn(
+        f"pybench._C is not available ({_EXTENSION_ERROR}); the fused ops run on their pure-PyTorch reference, "
+        "which is correct but slower. Build it with: pip install --no-build-isolation -e . -c constraints.txt",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    _LIB = torch.library.Library("pybench", "DEF")
+    for _name, _schema in SCHEMAS.items():
+        _LIB.define(_schema)
+        _LIB.impl(_name, _REFERENCE[_name], "CompositeExplicitAutograd")
+else:
+    for _key in ("CPU", "CUDA"):
+        if all(torch._C._dispatch_has_kernel_for_dispatch_key(f"pybench::{n}", _key) for n in SCHEMAS):
+            _NATIVE[_key] = "pybench._C (C++)" if _key == "CPU" else "pybench._C (CUDA)"
+        else:  # e.g. a CPU-only build: CUDA tensors take the reference instead of failing to dispatch
+            _LIB = _LIB or torch.library.Library("pybench", "IMPL")
+            for _name in SCHEMAS:
+                _LIB.impl(_name, _REFERENCE[_name], _key)
+
+
+def _fake_channel_stats(w: torch.Tensor, dim: int) -> torch.Tensor:
+    _check_float("channel_stats", "w", w)
+    dim = _check_dim("channel_stats", w, dim)
+    return w.new_empty((w.shape[dim], 3), dtype=_stats_dtype(w))
+
+
+def _fake_activation_stats(x: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+    _check_activation(x, state)
+    dtype = state.dtype if state is not None else torch.float64
+    return x.new_empty((x.shape[1], 4), dtype=dtype)
+
+
+def _fake_channel_gather(w: torch.Tensor, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None) -> torch.Tensor:
+    _check_float("channel_gather", "w", w)
+    shape = list(w.shape)
+    if out_idx is not None:
+        shape[0] = out_idx.shape[0]
+    if in_idx is not None:
+        shape[1] = in_idx.shape[0]
+    return w.new_empty(shape)
+
+
+torch.library.register_fake("pybench::channel_stats", _fake_channel_stats)
+torch.library.register_fake("pybench::activation_stats", _fake_activation_stats)
+torch.library.register_fake("pybench::channel_gather", _fake_channel_gather)
+
+
+def backend(device: str | torch.device | None = None) -> dict[str, str] | str:
+    """Which implementation runs the ops: ``{"cpu": ..., "cuda": ...}``, or the entry for one device type."""
+    table = {
+        "cpu": _NATIVE.get("CPU", "reference (pure PyTorch)"),
+        "cuda": _NATIVE.get("CUDA", "reference (pure PyTorch)"),
+    }
+    if device is None:
+        return table
+    kind = torch.device(device).type
+    return table.get(kind, "reference (pure PyTorch)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The public face
+# ---------------------------------------------------------------------------------------------------------------
+def channel_stats(w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """[C, 3] fp32 (fp64 for fp64 ``w``): sum|w|, sum w^2, sum w per index of ``dim``, in one read."""
+    return torch.ops.pybench.channel_stats(w, dim)
+
+
+def activation_stats(x: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+    """[C, 4] count, mean, M2, zeros per channel of ``x`` (dim 1), merged into ``state`` when given."""
+    return torch.ops.pybench.activation_stats(x, state)
+
+
+def channel_gather(w: torch.Tensor, out_idx: torch.Tensor | None = None,
+                   in_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """``w[out_idx][:, in_idx]`` as a new contiguous tensor; a None index keeps that dim whole."""
+    return torch.ops.pybench.channel_gather(w, out_idx, in_idx)

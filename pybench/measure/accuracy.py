@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -14,21 +15,26 @@ from pybench.measure import _common as C
 
 @dataclass
 class AccuracyResult:
-    """``loss``, ``top1`` and ``top5`` as ``pybench.train.evaluate`` reports them; None with ``error`` on OOM."""
+    """Mean loss, top-1 and top-5 accuracy as fractions in [0, 1] (``pybench.train.evaluate``'s definitions) over
+    ``samples`` items; None with ``error`` on out-of-memory."""
 
     device: str
     loss: float | None = None
     top1: float | None = None
     top5: float | None = None
+    samples: int | None = None
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def accuracy(model: nn.Module, loader: Iterable[Any], device: str | torch.device = "cpu") -> AccuracyResult:
-    """Evaluate ``model`` on ``loader`` (batches of (inputs, targets)) on ``device``.
+def accuracy(model: nn.Module, loader: Iterable[Any], device: str | torch.device = "cpu",
+             max_batches: int | None = None) -> AccuracyResult:
+    """Evaluate ``model`` on ``loader`` (batches of (inputs, targets)) on ``device``, at most ``max_batches``.
 
+    The model is evaluated in eval mode on a copy when it has to move to ``device``; the caller's model keeps its
+    device and mode.
     Delegates to ``pybench.train.evaluate`` so training and measurement agree on the definition of each metric.
     An out-of-memory is caught, memory released, and returned as ``error``; a device that is not there raises
     ValueError.
@@ -40,12 +46,16 @@ def accuracy(model: nn.Module, loader: Iterable[Any], device: str | torch.device
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     result = AccuracyResult(device=str(dev))
     try:
-        metrics = evaluate(model, loader, device=dev)
+        on_device = all(t.device == dev for t in [*model.parameters(), *model.buffers()])
+        m = model if on_device else copy.deepcopy(model).to(dev)
+        metrics = evaluate(m, loader, device=dev, max_batches=max_batches)
     except Exception as e:
         if not C.is_oom(e):
             raise
+        m = None
         C.release_memory(dev)
         result.error = C.oom_message("accuracy", e, dev)
         return result
     result.loss, result.top1, result.top5 = (float(metrics[k]) for k in ("loss", "top1", "top5"))
+    result.samples = int(metrics["n"]) if "n" in metrics else None
     return result

@@ -81,6 +81,18 @@ void check_channel_gather(const at::Tensor& w, const std::optional<at::Tensor>& 
   check_index(w, in_idx, "in_idx", 1);
 }
 
+GatherShape gather_shape(const at::Tensor& w, const std::optional<at::Tensor>& out_idx,
+                         const std::optional<at::Tensor>& in_idx) {
+  GatherShape g;
+  g.rows = w.size(0);
+  g.cols = w.dim() > 1 ? w.size(1) : 1;
+  for (int64_t d = 2; d < w.dim(); ++d) g.inner *= w.size(d);
+  g.out_sizes = w.sizes().vec();
+  if (out_idx.has_value()) g.out_sizes[0] = out_idx->numel();
+  if (in_idx.has_value()) g.out_sizes[1] = in_idx->numel();
+  return g;
+}
+
 ChannelView channel_view(const at::Tensor& t, int64_t dim) {
   ChannelView v;
   v.channels = t.size(dim);

@@ -6,6 +6,11 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
+
+#ifdef __CUDACC__
+#include <c10/cuda/CUDAException.h>
+#endif
 
 namespace pybench {
 
@@ -27,11 +32,29 @@ void check_activation_stats(const at::Tensor& x, const std::optional<at::Tensor>
 void check_channel_gather(const at::Tensor& w, const std::optional<at::Tensor>& out_idx,
                           const std::optional<at::Tensor>& in_idx);
 
+// channel_gather reads w as [rows, cols, inner] (1-D: cols = inner = 1) and writes out_sizes.
+struct GatherShape {
+  int64_t rows = 0, cols = 1, inner = 1;
+  std::vector<int64_t> out_sizes;
+};
+GatherShape gather_shape(const at::Tensor& w, const std::optional<at::Tensor>& out_idx,
+                         const std::optional<at::Tensor>& in_idx);
+
 // dtype of channel_stats' result: fp64 for fp64 input, else fp32.
 at::ScalarType stats_dtype(const at::Tensor& t);
 
 // partials: [C, S, 4] (count, mean, M2, zeros) of S disjoint pieces of each channel, any float dtype.
 // Returns their exact merge (Chan et al.), merged into `state` when given; dtype of state, else fp64.
 at::Tensor finish_activation_stats(const at::Tensor& partials, const std::optional<at::Tensor>& state);
+
+#ifdef __CUDACC__
+// Multiprocessors of the current device (cudaDeviceGetAttribute: no cuBLAS/cuSPARSE headers needed).
+inline int64_t sm_count() {
+  int device = 0, count = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+#endif
 
 }  // namespace pybench

@@ -95,7 +95,7 @@ def _check_index(w: torch.Tensor, idx: torch.Tensor | None, arg: str, dim: int) 
     if idx.device != w.device:
         raise ValueError(f"channel_gather: {arg} is on {idx.device} but w is on {w.device}; "
                          f"move {arg} to w's device")
-    if idx.numel() and idx.device.type != "meta":
+    if idx.numel() and idx.device.type != "meta" and not isinstance(idx, torch._subclasses.FakeTensor):
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= w.shape[dim]:
             bad = lo if lo < 0 else hi
@@ -124,7 +124,8 @@ def ref_channel_stats(w: torch.Tensor, dim: int) -> torch.Tensor:
     """Reference of ``channel_stats``: [C, 3] = sum|w|, sum w^2, sum w per index of ``dim``."""
     _check_float("channel_stats", "w", w)
     dim = _check_dim("channel_stats", w, dim)
-    rows = w.movedim(dim, 0).reshape(w.shape[dim], -1).to(_stats_dtype(w))
+    channels = w.shape[dim]
+    rows = w.movedim(dim, 0).reshape(channels, w.numel() // channels if channels else 0).to(_stats_dtype(w))
     return torch.stack([rows.abs().sum(1), rows.pow(2).sum(1), rows.sum(1)], dim=1)
 
 
@@ -231,7 +232,7 @@ def _fake_activation_stats(x: torch.Tensor, state: torch.Tensor | None = None) -
 
 
 def _fake_channel_gather(w: torch.Tensor, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None) -> torch.Tensor:
-    _check_float("channel_gather", "w", w)
+    _check_gather(w, out_idx, in_idx)  # range checks skip meta / fake indices: their values are unknown
     shape = list(w.shape)
     if out_idx is not None:
         shape[0] = out_idx.shape[0]

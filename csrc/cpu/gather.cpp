@@ -53,27 +53,23 @@ at::Tensor channel_gather_cpu(const at::Tensor& w_in, const std::optional<at::Te
                               const std::optional<at::Tensor>& in_idx) {
   check_channel_gather(w_in, out_idx, in_idx);
   const at::Tensor w = w_in.contiguous();
-  const int64_t rows = w.size(0), cols = w.dim() > 1 ? w.size(1) : 1;
-  const int64_t inner = w.dim() > 2 ? w.numel() / (rows * cols == 0 ? 1 : rows * cols) : 1;
-  std::vector<int64_t> sizes = w.sizes().vec();
-  if (out_idx.has_value()) sizes[0] = out_idx->numel();
-  if (in_idx.has_value()) sizes[1] = in_idx->numel();
-  at::Tensor out = at::empty(sizes, w.options());
+  const GatherShape g = gather_shape(w, out_idx, in_idx);
+  at::Tensor out = at::empty(g.out_sizes, w.options());
   if (out.numel() == 0) return out;
-  const std::vector<int64_t> o = to_indices(out_idx), i = to_indices(in_idx);
   // An explicit empty index already made numel() zero above, so empty vectors here mean "take all".
+  const std::vector<int64_t> o = to_indices(out_idx), i = to_indices(in_idx);
   switch (w.element_size()) {
     case 2:
-      gather(static_cast<const uint16_t*>(w.const_data_ptr()), static_cast<uint16_t*>(out.data_ptr()), rows, cols,
-             inner, o, i);
+      gather(static_cast<const uint16_t*>(w.const_data_ptr()), static_cast<uint16_t*>(out.data_ptr()), g.rows, g.cols,
+             g.inner, o, i);
       break;
     case 4:
-      gather(static_cast<const uint32_t*>(w.const_data_ptr()), static_cast<uint32_t*>(out.data_ptr()), rows, cols,
-             inner, o, i);
+      gather(static_cast<const uint32_t*>(w.const_data_ptr()), static_cast<uint32_t*>(out.data_ptr()), g.rows, g.cols,
+             g.inner, o, i);
       break;
     default:
-      gather(static_cast<const uint64_t*>(w.const_data_ptr()), static_cast<uint64_t*>(out.data_ptr()), rows, cols,
-             inner, o, i);
+      gather(static_cast<const uint64_t*>(w.const_data_ptr()), static_cast<uint64_t*>(out.data_ptr()), g.rows, g.cols,
+             g.inner, o, i);
   }
   return out;
 }

@@ -143,17 +143,20 @@ inline __attribute__((always_inline)) void rows_welford_impl(const A* __restrict
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef int32_t i32x8 __attribute__((vector_size(32)));
 
-inline f32x8 load8(const float* p) {
+#pragma GCC diagnostic ignored "-Wpsabi"  // the helpers below are always inlined: no vector crosses a call
+
+#define PYBENCH_INLINE inline __attribute__((always_inline))
+PYBENCH_INLINE f32x8 load8(const float* p) {
   f32x8 v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline float hsum(f32x8 v) {
+PYBENCH_INLINE float hsum(f32x8 v) {
   float s = 0;
   for (int j = 0; j < 8; ++j) s += v[j];
   return s;
 }
-inline f32x8 vabs(f32x8 v) { return reinterpret_cast<f32x8>(reinterpret_cast<i32x8>(v) & 0x7fffffff); }
+PYBENCH_INLINE f32x8 vabs(f32x8 v) { return reinterpret_cast<f32x8>(reinterpret_cast<i32x8>(v) & 0x7fffffff); }
 
 PYBENCH_SIMD void moments_f32(const float* p, int64_t n, float* out) {
   f32x8 a0 = {}, a1 = {}, q0 = {}, q1 = {}, s0 = {}, s1 = {};

@@ -261,6 +261,15 @@ def test_weights_not_a_state_dict(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- zoo-wide (slow)
+@pytest.fixture
+def one_thread():
+    """One thread: the machine is shared, and these tiny inputs gain nothing from two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def small_input(name: str) -> tuple[dict, torch.Tensor]:
     """Extra kwargs and the smallest convenient input each architecture allows, to keep the sweep fast."""
     if name == "xor_mlp":
@@ -276,8 +285,7 @@ def small_input(name: str) -> tuple[dict, torch.Tensor]:
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("name", pb.zoo.names())
-def test_every_model_creates_and_runs(name):
-    torch.set_num_threads(1)  # the machine is shared; one thread is as fast for these tiny inputs
+def test_every_model_creates_and_runs(name, one_thread):
     kwargs, x = small_input(name)
     num_classes = 2 if name == "xor_mlp" else 7
     model = pb.zoo.create(name, num_classes=num_classes, **kwargs).eval()

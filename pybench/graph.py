@@ -1,0 +1,471 @@
+"""Tracing a model into a :class:`ChannelGraph`: the groups of channels that must be removed together.
+
+``trace`` runs ``torch.fx.symbolic_trace`` once and walks the graph with meta tensors (shapes without data, so no
+real forward pass), giving every output channel of a conv / linear a global id and following each id through the
+graph (:mod:`pybench._graph_rules`): residual additions and products merge ids, depthwise convs pass them through,
+concat / split / reshape / shuffle move them, and every module or parameter dimension indexed by channels becomes a
+*slot* holding the id of each of its indices. Merged ids form *units* (one unit = one channel of a group, possibly
+several indices of a member, e.g. a flatten -> linear block); units whose spaces touch form a :class:`Group`.
+Channels reaching the model's outputs, or read by an op no rule understands, are pinned (never pruned).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from pybench import _graph_rules as rules
+
+__all__ = ["ChannelGraph", "Group", "Member", "TraceError", "trace"]
+
+PRODUCER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+class TraceError(RuntimeError):
+    """A model (or an op in it) that ``trace`` cannot handle; the message names the module and operation."""
+
+
+@dataclass(eq=False)
+class Member:
+    """One place a group's channels live: a module role (``"out"``: filters / features, ``"in"``: input channels)
+    or a parameter dimension (``kind == "param"``), with the group unit of each of its indices (-1: not this
+    group's)."""
+
+    name: str
+    kind: str  # "module" or "param"
+    role: str | int  # "out" / "in" for modules, the dimension for parameters
+    module_type: str
+    unit_of_index: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        """The tensor dimension sliced (weights: 0 for "out", 1 for "in"; parameters: ``role``)."""
+        if self.kind == "param":
+            return int(self.role)
+        return 1 if self.role == "in" else 0
+
+    @property
+    def is_producer(self) -> bool:
+        return self.kind == "module" and self.role == "out" and self.module_type in _PRODUCER_NAMES
+
+    @property
+    def is_consumer(self) -> bool:
+        return self.kind == "module" and self.role == "in"
+
+    def indices(self, unit: int) -> np.ndarray:
+        """Indices of this member that belong to group channel ``unit`` (a block for flatten -> linear)."""
+        return np.nonzero(self.unit_of_index == unit)[0]
+
+
+_PRODUCER_NAMES = {t.__name__ for t in PRODUCER_TYPES}
+
+
+@dataclass(eq=False)
+class Group:
+    """Channels removed together. ``size`` channels (units); ``blocks > 1`` means they split into that many equal
+    partitions that must keep equal counts (grouped convolutions, GroupNorm); ``block_of`` gives each unit's."""
+
+    index: int
+    size: int
+    comps: np.ndarray  # graph-wide unit labels of this group's channels, in order
+    graph: ChannelGraph = field(repr=False)
+    blocks: int = 1
+    block_of: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def members(self) -> list[Member]:
+        return self.graph._members()[self.index]
+
+    @property
+    def producers(self) -> list[Member]:
+        return [m for m in self.members if m.is_producer]
+
+    @property
+    def consumers(self) -> list[Member]:
+        return [m for m in self.members if m.is_consumer]
+
+    @property
+    def modules(self) -> set[str]:
+        return {m.name for m in self.members if m.kind == "module"}
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        names = sorted(m.name for m in self.producers)[:3]
+        more = "..." if len(self.producers) > 3 else ""
+        return f"Group({self.index}, size={self.size}, blocks={self.blocks}, producers={names}{more})"
+
+
+class ChannelGraph:
+    """Result of :func:`trace`: ``groups`` (prunable), ``pinned`` (why other channels stay), and the slots that
+    surgery and masking slice."""
+
+    def __init__(self, ctx: rules.TraceContext, modules: dict[str, nn.Module], fingerprint: list, reasons: list[str],
+                 strict_notes: list[str]) -> None:
+        self.fingerprint = fingerprint
+        self.module_types = {name: type(m).__name__ for name, m in modules.items()}
+        self.reducers = dict(ctx.reducers)
+        self.notes = strict_notes
+        self.slots: dict[tuple, np.ndarray] = {}
+        self._slot_ids = ctx.slots
+        self._build(ctx, reasons)
+        self._member_cache: list[list[Member]] | None = None
+
+    # -- construction ---------------------------------------------------------------------------------------------
+    def _build(self, ctx: rules.TraceContext, reasons: list[str]) -> None:
+        n = ctx.n_ids
+        if ctx.edges:
+            a = np.concatenate([e[0] for e in ctx.edges])
+            b = np.concatenate([e[1] for e in ctx.edges])
+            adj = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n, n))
+            ncomp, labels = connected_components(adj, directed=False)
+        else:
+            ncomp, labels = n, np.arange(n, dtype=np.int64)
+        labels = labels.astype(np.int64)
+        pinned = np.zeros(ncomp, dtype=bool)
+        self.pin_reasons: dict[int, str] = {}
+        for ids, reason in ctx.pins:
+            comps = labels[ids]
+            fresh = comps[~pinned[comps]]
+            if fresh.size:
+                self.pin_reasons.setdefault(int(fresh[0]), reason)
+                if reason not in reasons:
+                    reasons.append(reason)
+            pinned[comps] = True
+        # groups: units connected through the spaces (producers' outputs) they live in
+        sizes = np.array([s for _, _, s in ctx.spaces], dtype=np.int64)
+        space_of = np.repeat(np.arange(len(sizes)), sizes)
+        adj = coo_matrix((np.ones(n, dtype=np.int8), (labels, ncomp + space_of)), shape=(ncomp + len(sizes),) * 2)
+        _, glabel = connected_components(adj, directed=False)
+        glabel = glabel[:ncomp]
+        # block constraints (equal pruning per partition)
+        block_of = np.full(ncomp, -1, dtype=np.int64)
+        parts_of_group: dict[int, int] = {}
+        bad_groups: set[int] = set()
+        for ids, parts, reason in ctx.blocks:
+            comps = labels[ids]
+            g = int(glabel[comps[0]])
+            if pinned[comps].any():
+                pinned[comps] = True
+                continue
+            grid = comps.reshape(parts, -1)
+            rows = np.repeat(np.arange(parts), grid.shape[1])
+            flat = grid.reshape(-1)
+            order = np.argsort(flat, kind="stable")
+            same = flat[order][1:] == flat[order][:-1]
+            if (same & (rows[order][1:] != rows[order][:-1])).any():
+                bad_groups.add(g)  # one channel in two partitions
+                continue
+            prev = block_of[flat]
+            if parts_of_group.get(g, parts) != parts or ((prev >= 0) & (prev != rows)).any():
+                bad_groups.add(g)
+                continue
+            parts_of_group[g] = parts
+            block_of[flat] = rows
+        for g in bad_groups:
+            pinned[glabel == g] = True
+            reasons.append(f"group {g}: conflicting equal-partition constraints (grouped convs / GroupNorm)")
+        self.labels = labels
+        self.pinned_units = pinned
+        self.n_units = ncomp
+        # groups of unpinned units
+        live = np.nonzero(~pinned)[0]
+        order = np.argsort(glabel[live], kind="stable")
+        live = live[order]
+        starts = np.flatnonzero(np.r_[True, glabel[live][1:] != glabel[live][:-1]]) if live.size else np.array([], int)
+        bounds = np.r_[starts, live.size]
+        self.groups: list[Group] = []
+        self.unit_group = np.full(ncomp, -1, dtype=np.int64)
+        self.unit_index = np.full(ncomp, -1, dtype=np.int64)
+        for i in range(len(starts)):
+            comps = live[bounds[i]:bounds[i + 1]]
+            g = int(glabel[comps[0]])
+            gi = len(self.groups)
+            parts = parts_of_group.get(g, 1)
+            bo = None
+            if parts > 1:
+                bo = block_of[comps]
+                if (bo < 0).any() or (np.bincount(bo, minlength=parts) != comps.size // parts).any():
+                    pinned[comps] = True  # a unit outside the partition, or unequal partitions: keep them all
+                    reasons.append(f"group of {comps.size} channels: partitions do not cover it evenly")
+                    continue
+            self.unit_group[comps] = gi
+            self.unit_index[comps] = np.arange(comps.size)
+            self.groups.append(Group(gi, int(comps.size), comps, self, parts, bo))
+        self.pinned = reasons
+        # per slot: unit label of each index (-1: untracked)
+        for key, ids in self._slot_ids.items():
+            lab = np.where(ids >= 0, labels[np.maximum(ids, 0)], -1)
+            self.slots[key] = lab
+
+    def _members(self) -> list[list[Member]]:
+        if self._member_cache is None:
+            members: list[list[Member]] = [[] for _ in self.groups]
+            for key, lab in self.slots.items():
+                kind, name, role = key
+                grp = np.where(lab >= 0, self.unit_group[np.maximum(lab, 0)], -1)
+                for gi in np.unique(grp[grp >= 0]):
+                    unit = np.where(grp == gi, self.unit_index[np.maximum(lab, 0)], -1)
+                    mtype = self.module_types.get(name, "Parameter") if kind == "module" else "Parameter"
+                    members[int(gi)].append(Member(name, kind, role, mtype, unit))
+            self._member_cache = members
+        return self._member_cache
+
+    # -- queries --------------------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (f"ChannelGraph({len(self.groups)} groups, {sum(g.size for g in self.groups)} prunable channels, "
+                f"{len(self.pinned)} pin reasons)")
+
+    def group_of(self, module: str, role: str = "out") -> Group | None:
+        """The group holding ``module``'s ``role`` channels (None when they are pinned or absent)."""
+        lab = self.slots.get(("module", module, role))
+        if lab is None:
+            return None
+        grp = self.unit_group[lab[lab >= 0]]
+        grp = grp[grp >= 0]
+        return self.groups[int(grp[0])] if grp.size else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# trace
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, nn.LayerNorm):  # also torchvision's LayerNorm2d, whose forward permutes around F.layer_norm
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.empty(x.shape, dtype=x.dtype, device="meta")
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_meta(v) for v in x)
+    return x
+
+
+def _map(x: Any, fn) -> Any:
+    return torch.fx.node.map_arg(x, fn)
+
+
+def _check_inputs(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in example_inputs):
+        return tuple(example_inputs)
+    raise TypeError("example_inputs must be a tensor or a tuple of tensors (e.g. torch.randn(1, 3, 224, 224)), "
+                    f"got {type(example_inputs).__name__}")
+
+
+def _module_meta(name: str, m: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """Output of a leaf module on meta tensors, with clear errors for a wrong input shape."""
+    x = args[0] if args else None
+    if isinstance(m, PRODUCER_TYPES[:3]):
+        if x.ndim < 2 or x.shape[1] != m.in_channels:
+            raise TraceError(f"{name} ({type(m).__name__}) expects {m.in_channels} input channels, got an input of "
+                             f"shape {list(x.shape)}; check example_inputs' shape")
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[m.weight.ndim - 2]
+        w = torch.empty(m.weight.shape, dtype=x.dtype, device="meta")
+        return conv(x, w, None, m.stride, m.padding if isinstance(m.padding, str) else m.padding, m.dilation, m.groups)
+    if isinstance(m, nn.Linear):
+        if x.shape[-1] != m.in_features:
+            raise TraceError(f"{name} (Linear) expects {m.in_features} input features, got an input of shape "
+                             f"{list(x.shape)}; check example_inputs' shape (image size)")
+        return torch.empty(x.shape[:-1] + (m.out_features,), dtype=x.dtype, device="meta")
+    if isinstance(m, nn.modules.batchnorm._NormBase):
+        if x.shape[1] != m.num_features:
+            raise TraceError(f"{name} ({type(m).__name__}) expects {m.num_features} channels, got an input of "
+                             f"shape {list(x.shape)}")
+        return x
+    if isinstance(m, rules._ACTIVATIONS):
+        return x
+    state = {k: torch.empty(v.shape, dtype=v.dtype, device="meta")
+             for k, v in list(m.named_parameters()) + list(m.named_buffers())}
+    return torch.func.functional_call(m, state, args, kwargs)
+
+
+def _param_names(arg: Any, ctx: rules.TraceContext) -> Any:
+    if isinstance(arg, torch.fx.Node):
+        return ctx.param_of.get(arg)
+    if isinstance(arg, (tuple, list)):
+        return [_param_names(a, ctx) for a in arg]
+    return None
+
+
+def _unknown(ctx: rules.TraceContext, where: str, arg_ds: Any, kw_ds: Any, node: torch.fx.Node, strict: bool,
+             notes: list[str]) -> None:
+    tracked = rules._flatten(arg_ds) + rules._flatten(kw_ds)
+    for a in node.all_input_nodes:
+        p = ctx.param_of.get(a)
+        if p is not None:
+            ctx.frozen[p] = where
+    if tracked:
+        msg = f"{where}: no channel rule for this operation; the channels it reads are kept"
+        if strict:
+            raise TraceError(msg)
+        ctx.pin_all(tracked, msg)
+        notes.append(msg)
+
+
+def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False) -> ChannelGraph:
+    """Build the :class:`ChannelGraph` of ``model``.
+
+    Args:
+        model: the network (any ``torch.fx``-traceable module; eval mode recommended).
+        example_inputs: a tensor or tuple of tensors with the shapes the model will see (only shapes are used).
+        strict: raise :class:`TraceError` for an op no rule understands instead of keeping its channels.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = _check_inputs(example_inputs)
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # fx raises many kinds; name the model and the cause
+        raise TraceError(f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+    modules = dict(model.named_modules())
+    ctx = rules.TraceContext()
+    meta: dict[torch.fx.Node, Any] = {}
+    desc: dict[torch.fx.Node, Any] = {}
+    notes: list[str] = []
+    n_in = 0
+    for node in graph.nodes:
+        op = node.op
+        if op == "placeholder":
+            if n_in >= len(inputs):
+                if node.args:  # default argument
+                    meta[node], desc[node] = node.args[0], None
+                    continue
+                raise TypeError(f"example_inputs has {len(inputs)} tensors but the model's forward takes more "
+                                f"(missing {node.target!r})")
+            meta[node], desc[node] = _to_meta(inputs[n_in]), None
+            n_in += 1
+            continue
+        if op == "get_attr":
+            value = model
+            for part in node.target.split("."):
+                value = getattr(value, part)
+            meta[node], desc[node] = _to_meta(value), None
+            if isinstance(value, torch.Tensor):
+                ctx.param_of[node] = node.target
+            continue
+        if op == "output":
+            ctx.pin_all(_map(node.args, lambda n: desc.get(n)), "model output")
+            continue
+        ctx.node = node
+        args = _map(node.args, lambda n: meta[n])
+        kwargs = _map(node.kwargs, lambda n: meta[n])
+        arg_ds = _map(node.args, lambda n: desc[n])
+        kw_ds = _map(node.kwargs, lambda n: desc[n])
+        if op == "call_module":
+            m = modules[node.target]
+            where = f"{node.target} ({type(m).__name__})"
+            out = _run(where, lambda: _module_meta(node.target, m, args, kwargs))
+            rule = rules.module_rule(m)
+            if rule is None or len(args) != 1:
+                _unknown(ctx, where, arg_ds, kw_ds, node, strict, notes)
+                d = None
+            else:
+                d = rule(ctx, node.target, m, args[0], arg_ds[0], out)
+        else:
+            if op == "call_function":
+                fn = node.target
+                where = f"{_scope(node)}: {getattr(fn, '__name__', str(fn))}"
+                rule = rules.FUNCTION_RULES.get(fn)
+                if fn is torch._assert:
+                    meta[node], desc[node] = None, None
+                    continue
+                out = _run(where, lambda: fn(*args, **kwargs))
+            else:
+                where = f"{_scope(node)}: Tensor.{node.target}"
+                rule = rules.METHOD_RULES.get(node.target)
+                out = _run(where, lambda: getattr(args[0], node.target)(*args[1:], **kwargs))
+            if rule is None:
+                if _has_tensor(out) or rules._flatten(arg_ds) or rules._flatten(kw_ds):
+                    _unknown(ctx, where, arg_ds, kw_ds, node, strict, notes)
+                d = None
+            else:
+                params = [_param_names(a, ctx) for a in node.args]
+                d = rule(ctx, where, args, kwargs, list(arg_ds), dict(kw_ds), out, params)
+        meta[node], desc[node] = out, d
+        _provenance(ctx, node, desc)
+    # a parameter read by an op no rule understands cannot be sliced
+    for key, ids in ctx.slots.items():
+        kind, name, _ = key
+        pnames = [name] if kind == "param" else [f"{name}.{p}" for p, _ in modules[name].named_parameters()]
+        for p in pnames:
+            if p in ctx.frozen:
+                ctx.pin(ids, f"{p} is also read by {ctx.frozen[p]}")
+    fingerprint = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+    used = {k[1] for k in ctx.slots if k[0] == "module"}
+    return ChannelGraph(ctx, {n: modules[n] for n in used}, fingerprint, [], notes)
+
+
+def _provenance(ctx: rules.TraceContext, node: torch.fx.Node, desc: dict) -> None:
+    """Remember which channel ids a python int counts (x.size(1), x.shape[1] // 2, ...)."""
+    op, t = node.op, node.target
+    if (op == "call_method" and t == "size") or (op == "call_function" and t is getattr and node.args[1] == "shape"):
+        d = desc.get(node.args[0])
+        if d is None:
+            return
+        per_axis = tuple(
+            rules.along(d, a, d.shape[a]) if d.shape[a] > 1 and len(rules.vary_axes(d)) == 1 else None
+            for a in range(d.ndim))
+        dim = node.args[1] if op == "call_method" and len(node.args) > 1 else node.kwargs.get("dim")
+        if dim is None:
+            ctx.prov[node] = per_axis
+        elif per_axis[dim] is not None:
+            ctx.prov[node] = ("direct", per_axis[dim])
+        return
+    if op == "call_function" and t is operator.getitem and node.args[0] in ctx.prov:
+        src = ctx.prov[node.args[0]]
+        if isinstance(src, tuple) and isinstance(node.args[1], int) and src and not isinstance(src[0], str):
+            ids = src[node.args[1]]
+            if ids is not None:
+                ctx.prov[node] = ("direct", ids)
+        return
+    if op == "call_function" and t in (operator.floordiv, operator.mul, operator.truediv, operator.add,
+                                       operator.sub, operator.mod):
+        for a in node.args:
+            if isinstance(a, torch.fx.Node) and isinstance(ctx.prov.get(a), tuple) and ctx.prov[a] and \
+                    isinstance(ctx.prov[a][0], str):
+                ctx.prov[node] = ("derived", ctx.prov[a][1])
+                return
+
+
+def _scope(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        return list(stack.values())[-1][0] if isinstance(list(stack.values())[-1], tuple) else str(node.name)
+    return node.name
+
+
+def _has_tensor(x: Any) -> bool:
+    if isinstance(x, torch.Tensor):
+        return True
+    if isinstance(x, (tuple, list)):
+        return any(_has_tensor(v) for v in x)
+    return False
+
+
+def _run(where: str, fn) -> Any:
+    try:
+        return fn()
+    except TraceError:
+        raise
+    except Exception as exc:
+        raise TraceError(f"{where}: failed on the example inputs' shapes: {type(exc).__name__}: {exc}") from exc
+
+
+_ = operator  # operator is referenced by rules through FUNCTION_RULES

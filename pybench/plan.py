@@ -1,0 +1,173 @@
+"""Choosing which channels each group keeps: ``plan(graph, scores, ratio, ...) -> PrunePlan``.
+
+Semantics (DESIGN.md): a group of n channels at ratio r loses floor(r*n) of them, fewer where needed so that the
+kept count is a multiple of ``round_to``, and keeps at least ``min_channels`` (a clamp the plan reports in
+``notes``). Groups with equal partitions (grouped convs, GroupNorm) lose the same number from each partition.
+``scope="global"`` ranks all groups' channels together after dividing each group's scores by their mean (Wang) and
+then applies the same per-group rules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pybench.graph import ChannelGraph, Group
+
+__all__ = ["PrunePlan", "plan"]
+
+
+@dataclass(eq=False)
+class PrunePlan:
+    """Which channels of each group stay. ``keep[group]``: sorted kept channel indices (int64 tensor)."""
+
+    graph: ChannelGraph
+    keep: dict[Group, torch.Tensor]
+    ratio: float
+    scope: str
+    round_to: int = 1
+    min_channels: int = 1
+    ignored: list[Group] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def removed_units(self) -> np.ndarray:
+        """Boolean over all of the graph's channel units: True where the plan removes it."""
+        removed = np.zeros(self.graph.n_units, dtype=bool)
+        for g, kept in self.keep.items():
+            mask = np.ones(g.size, dtype=bool)
+            mask[kept.numpy()] = False
+            removed[g.comps[mask]] = True
+        return removed
+
+    def kept_counts(self) -> dict[Group, int]:
+        return {g: int(k.numel()) for g, k in self.keep.items()}
+
+    @property
+    def n_removed(self) -> int:
+        return sum(g.size - int(k.numel()) for g, k in self.keep.items())
+
+    def __repr__(self) -> str:
+        total = sum(g.size for g in self.keep)
+        return (f"PrunePlan(ratio={self.ratio}, scope={self.scope!r}, groups={len(self.keep)}, "
+                f"removed {self.n_removed}/{total} channels, notes={len(self.notes)})")
+
+
+def _check(graph: ChannelGraph, ratio: float, scope: str, round_to: int, min_channels: int) -> None:
+    if not isinstance(graph, ChannelGraph):
+        raise TypeError(f"graph must be a ChannelGraph from pybench.trace, got {type(graph).__name__}")
+    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise ValueError(f"ratio must be a number in [0, 1) (the fraction of channels removed), got {ratio!r}")
+    if scope not in ("local", "global"):
+        raise ValueError(f"scope must be 'local' or 'global', got {scope!r}")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be a positive int, got {round_to!r}")
+    if not isinstance(min_channels, int) or min_channels < 1:
+        raise ValueError(f"min_channels must be an int >= 1 (a layer is never pruned away), got {min_channels!r}")
+
+
+def _ignored(graph: ChannelGraph, ignore: Iterable[str]) -> set[int]:
+    ignore = [ignore] if isinstance(ignore, str) else list(ignore)
+    if not ignore:
+        return set()
+    known = set(graph.module_types) | {k[1] for k in graph.slots}
+    for name in ignore:
+        if name not in known and not any(k.startswith(name + ".") for k in known):
+            close = sorted(k for k in known if name.split(".")[-1] in k)[:5]
+            raise ValueError(f"ignore names {name!r}, which is not a module or parameter the graph slices"
+                             f"{'; did you mean one of ' + str(close) if close else ''}")
+    out = set()
+    for g in graph.groups:
+        for m in g.members:
+            if any(m.name == n or m.name.startswith(n + ".") for n in ignore):
+                out.add(g.index)
+                break
+    return out
+
+
+def _keep_count(n: int, remove: int, parts: int, round_to: int, min_channels: int) -> tuple[int, bool]:
+    """Kept count for a group of n (in ``parts`` equal partitions) losing ``remove``; and whether it was clamped."""
+    per = n // parts
+    keep_per = per - remove // parts
+    keep = keep_per * parts
+    if round_to > 1 and keep % round_to:
+        step = round_to // math.gcd(round_to, parts)
+        keep_per = min(per, -(-keep_per // step) * step)
+        keep = keep_per * parts
+    floor = -(-min_channels // parts)
+    clamped = keep_per < floor
+    keep_per = max(keep_per, min(floor, per))
+    return keep_per * parts, clamped
+
+
+def _choose(g: Group, s: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` best channels of ``g`` by score ``s`` (equal numbers per partition)."""
+    if keep >= g.size:
+        return np.arange(g.size)
+    if g.blocks > 1:
+        per = keep // g.blocks
+        chosen = []
+        for b in range(g.blocks):
+            idx = np.nonzero(g.block_of == b)[0]
+            order = np.argsort(-s[idx], kind="stable")
+            chosen.append(idx[order[:per]])
+        return np.sort(np.concatenate(chosen))
+    order = np.argsort(-s, kind="stable")
+    return np.sort(order[:keep])
+
+
+def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float = 0.5, scope: str = "local",
+         round_to: int = 1, min_channels: int = 1, ignore: Iterable[str] = ()) -> PrunePlan:
+    """Decide the channels each group keeps.
+
+    Args:
+        graph: from :func:`pybench.trace`.
+        scores: ``{group: Tensor[group.size]}`` (higher = keep), e.g. from :func:`pybench.score`; groups missing
+            from it are left whole.
+        ratio: fraction of each group's channels removed (local), or of all channels (global); in [0, 1).
+        scope: "local" (every group at ``ratio``) or "global" (groups ranked together, mean-normalised).
+        round_to: kept counts are multiples of this (where the group is large enough).
+        min_channels: every group keeps at least this many (a clamp is reported in ``PrunePlan.notes``).
+        ignore: module or parameter names whose groups stay whole.
+    """
+    _check(graph, ratio, scope, round_to, min_channels)
+    skip = _ignored(graph, ignore)
+    arrays: dict[Group, np.ndarray] = {}
+    for g in graph.groups:
+        if g.index in skip or g not in scores:
+            continue
+        s = scores[g]
+        s = s.detach().cpu().numpy() if isinstance(s, torch.Tensor) else np.asarray(s)
+        if s.shape != (g.size,):
+            raise ValueError(f"scores for {g!r} must have shape ({g.size},), got {tuple(s.shape)}")
+        arrays[g] = s.astype(np.float64)
+    removals = {g: int(math.floor(ratio * g.size + 1e-9)) for g in arrays}
+    if scope == "global" and arrays:
+        normed = [s / (np.abs(s).mean() or 1.0) for s in arrays.values()]
+        flat = np.concatenate(normed)
+        owner = np.concatenate([np.full(g.size, i) for i, g in enumerate(arrays)])
+        n_remove = int(math.floor(ratio * flat.size + 1e-9))
+        cap = np.array([g.size - min(min_channels, g.size) for g in arrays])
+        order = np.argsort(flat, kind="stable")
+        taken = np.zeros(len(arrays), dtype=np.int64)
+        # greedy from the least important, skipping groups at their floor
+        for i in order:
+            if n_remove == 0:
+                break
+            o = owner[i]
+            if taken[o] < cap[o]:
+                taken[o] += 1
+                n_remove -= 1
+        removals = {g: int(taken[i]) for i, g in enumerate(arrays)}
+    keep: dict[Group, torch.Tensor] = {}
+    notes: list[str] = []
+    for g, s in arrays.items():
+        k, clamped = _keep_count(g.size, removals[g], g.blocks, round_to, min_channels)
+        if clamped:
+            notes.append(f"{g!r}: would keep {g.size - removals[g]} < min_channels={min_channels}; kept {k}")
+        keep[g] = torch.from_numpy(_choose(g, s, k).astype(np.int64))
+    return PrunePlan(graph, keep, float(ratio), scope, round_to, min_channels,
+                     [g for g in graph.groups if g.index in skip], notes)

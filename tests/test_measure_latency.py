@@ -164,6 +164,16 @@ def test_inputs_that_do_not_fit_name_the_model_and_shape() -> None:
         pb.measure.latency(nn.Sequential(nn.Linear(3, 2)), torch.randn(2, 5))
 
 
+def test_dtype_the_device_cannot_run_names_the_dtype() -> None:
+    class Distances(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cdist(x, x)  # no float16 kernel on CPU
+
+    with pytest.raises(MeasureInputError, match=r"dtype=float16 cannot run Distances on cpu.*torch.float32"):
+        pb.measure.latency(Distances(), torch.randn(4, 3), dtype="fp16")
+    assert pb.measure.latency(Distances(), torch.randn(4, 3), iters=2).error is None
+
+
 @pytest.mark.parametrize("fail_after", [0, 2])  # during the input check / during the timed loop
 def test_out_of_memory_is_reported_not_raised(fail_after: int) -> None:
     r = pb.measure.latency(Allocates(fail_after), torch.randn(1, 3), warmup=1, iters=3)

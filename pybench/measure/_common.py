@@ -26,6 +26,11 @@ _DTYPE_NAMES: dict[str, torch.dtype] = {
 }
 
 
+# what kernels say when they lack a dtype ("cdist" not implemented for 'Half', linalg's "Low precision dtypes")
+_DTYPE_FAILURES = ("not implemented for 'Half'", "not implemented for 'BFloat16'", "Low precision dtypes",
+                   "Unsupported dtype", "doesn't handle types other than")
+
+
 class MeasureInputError(ValueError):
     """The model cannot run on the given inputs / device / dtype; the message names what and how to fix it."""
 
@@ -207,7 +212,7 @@ def check_call(model: nn.Module, inputs: Any, device: torch.device, dtype: torch
         if is_oom(e):
             raise
         msg = str(e)
-        if "not implemented for" in msg and any(s in msg for s in ("Half", "BFloat16", "Float", "Double")):
+        if dtype != torch.float32 and any(s in msg for s in _DTYPE_FAILURES):
             raise MeasureInputError(
                 f"dtype={dtype_name(dtype)} cannot run {name} on {device}: {msg.splitlines()[0]}; "
                 "choose a dtype this device supports (torch.float32 always works)") from e
@@ -217,15 +222,24 @@ def check_call(model: nn.Module, inputs: Any, device: torch.device, dtype: torch
             "(e.g. torch.randn(1, 3, 224, 224) for an ImageNet model, 1x3x32x32 for a CIFAR one)") from e
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def on_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Make ``device`` the current CUDA device (streams, events and graphs use the current one)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
-def restore_threads() -> Iterator[None]:
-    n = torch.get_num_threads()
+def gc_paused() -> Iterator[None]:
+    """Collect, then keep Python's garbage collector off while timing (as timeit and torch.utils.benchmark do)."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
         yield
     finally:
-        torch.set_num_threads(n)
+        if was_enabled:
+            gc.enable()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

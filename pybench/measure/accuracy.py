@@ -45,6 +45,7 @@ def accuracy(model: nn.Module, loader: Iterable[Any], device: str | torch.device
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     result = AccuracyResult(device=str(dev))
+    m: Any = None
     try:
         on_device = all(t.device == dev for t in [*model.parameters(), *model.buffers()])
         m = model if on_device else copy.deepcopy(model).to(dev)
@@ -52,9 +53,10 @@ def accuracy(model: nn.Module, loader: Iterable[Any], device: str | torch.device
     except Exception as e:
         if not C.is_oom(e):
             raise
-        m = None
-        C.release_memory(dev)
         result.error = C.oom_message("accuracy", e, dev)
+    if result.error is not None:
+        m = None  # outside the except block, so the traceback no longer holds the tensors
+        C.release_memory(dev)
         return result
     result.loss, result.top1, result.top5 = (float(metrics[k]) for k in ("loss", "top1", "top5"))
     result.samples = int(metrics["n"]) if "n" in metrics else None

@@ -163,32 +163,38 @@ def latency(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devi
                            channels_last=channels_last, compile=compile_mode, cuda_graphs=cuda_graphs,
                            inference_mode=inference_mode)
     m: Any = None
+    fn: Any = None
+    meter = EnergyMeter(dev) if energy else None
+    samples: list[float] = []
     try:
-        m = C.prepare_model(model, dev, dt, channels_last)
-        C.check_call(m, x, dev, dt, inference_mode, name)  # clear errors for misfit inputs / dtypes, before anything
-        if compile_mode is not None:
-            m = torch.compile(m, mode=None if compile_mode == "default" else compile_mode)
-        with C.grad_mode(inference_mode):
-            for _ in range(warmup):
-                C.call(m, x)
-            C.synchronize(dev)
-            if cuda_graphs:
-                fn = _cuda_graph(m, x, dev, inference_mode)
-            else:
-                def fn() -> Any:
-                    return C.call(m, x)
-            meter = EnergyMeter(dev) if energy else None
-            if meter is not None:
-                meter.start()
-            samples = _time_loop(fn, dev, iters, min_time, max_iters)
-            if meter is not None:
-                result.energy = meter.stop(items=n * len(samples))
+        with C.on_device(dev):
+            m = C.prepare_model(model, dev, dt, channels_last)
+            C.check_call(m, x, dev, dt, inference_mode, name)  # clear errors for misfit inputs / dtypes first
+            if compile_mode is not None:
+                m = torch.compile(m, mode=None if compile_mode == "default" else compile_mode)
+            with C.grad_mode(inference_mode):
+                for _ in range(warmup):
+                    C.call(m, x)
+                C.synchronize(dev)
+                if cuda_graphs:
+                    fn = _cuda_graph(m, x, dev, inference_mode)
+                else:
+                    def fn() -> Any:
+                        return C.call(m, x)
+                with C.gc_paused():  # a collection pause is the interpreter's, not the model's
+                    if meter is not None:
+                        meter.start()
+                    samples = _time_loop(fn, dev, iters, min_time, max_iters)
     except Exception as e:
         if not C.is_oom(e):
             raise
-        m = fn = x = None  # drop references so the memory can go
-        C.release_memory(dev)
         result.error = C.oom_message("latency", e, dev)
+    finally:
+        if meter is not None and meter.result is None:
+            result.energy = meter.stop(items=n * len(samples))
+    if result.error is not None:
+        m = fn = x = None  # outside the except block: the traceback's frames (and their tensors) are gone
+        C.release_memory(dev)
         return result
     result.iters = len(samples)
     result.samples_ms = [s * 1e3 for s in samples]

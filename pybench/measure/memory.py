@@ -8,6 +8,7 @@ can miss short peaks. ``method`` says which was used.
 
 from __future__ import annotations
 
+import gc
 import re
 import threading
 from dataclasses import asdict, dataclass
@@ -137,33 +138,33 @@ def memory(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devic
                           param_bytes=0, buffer_bytes=0)
     m: Any = None
     try:
-        m = C.prepare_model(model, dev, dt, channels_last)
-        result.param_bytes, result.buffer_bytes = param_buffer_bytes(m)
-        out = C.check_call(m, x, dev, dt, inference_mode, name)  # warm-up: one-time allocations are not the peak
-        del out
+        with C.on_device(dev):
+            m = C.prepare_model(model, dev, dt, channels_last)
+            result.param_bytes, result.buffer_bytes = param_buffer_bytes(m)
+            out = C.check_call(m, x, dev, dt, inference_mode, name)  # warm-up: one-time allocations are no peak
+            del out
 
-        def forward() -> None:
-            with C.grad_mode(inference_mode):
-                C.call(m, x)  # the output is dropped here, after it counted towards the peak
-            C.synchronize(dev)
+            def forward() -> None:
+                with C.grad_mode(inference_mode):
+                    C.call(m, x)  # the output is dropped here, after it counted towards the peak
+                C.synchronize(dev)
 
-        if dev.type == "cuda":
-            C.release_memory(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-            result.baseline_bytes = torch.cuda.memory_allocated(dev)
-            forward()
-            result.peak_total_bytes = torch.cuda.max_memory_allocated(dev)
-            result.reserved_peak_bytes = torch.cuda.max_memory_reserved(dev)
-        else:
-            import gc
-
-            gc.collect()
-            result.baseline_bytes, result.peak_total_bytes, _ = cpu_peak(forward, method)
-        result.peak_bytes = max(0, result.peak_total_bytes - result.baseline_bytes)
+            if dev.type == "cuda":
+                C.release_memory(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+                result.baseline_bytes = torch.cuda.memory_allocated(dev)
+                forward()
+                result.peak_total_bytes = torch.cuda.max_memory_allocated(dev)
+                result.reserved_peak_bytes = torch.cuda.max_memory_reserved(dev)
+            else:
+                gc.collect()
+                result.baseline_bytes, result.peak_total_bytes, _ = cpu_peak(forward, method)
+            result.peak_bytes = max(0, result.peak_total_bytes - result.baseline_bytes)
     except Exception as e:
         if not C.is_oom(e):
             raise
-        m = x = None
-        C.release_memory(dev)
         result.error = C.oom_message("memory", e, dev)
+    if result.error is not None:
+        m = x = None  # outside the except block, so the traceback no longer holds the tensors
+        C.release_memory(dev)
     return result

@@ -85,20 +85,24 @@ def profile(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs, devic
     times: list[dict[str, tuple[float, float]]] = []
     try:
         for label, model in zip(labels, (dense, pruned), strict=True):
-            m = C.prepare_model(model, dev, dt, channels_last)
-            C.check_call(m, x, dev, dt, inference_mode, f"{type(model).__name__} ({label})")
-            with C.grad_mode(inference_mode):
-                for _ in range(warmup):
-                    C.call(m, x)
-            trace = folder / f"{label}.json"
-            times.append(_op_times(m, x, dev, iters, inference_mode, trace))
+            m: Any = None
+            with C.on_device(dev):
+                m = C.prepare_model(model, dev, dt, channels_last)
+                C.check_call(m, x, dev, dt, inference_mode, f"{type(model).__name__} ({label})")
+                with C.grad_mode(inference_mode):
+                    for _ in range(warmup):
+                        C.call(m, x)
+                trace = folder / f"{label}.json"
+                times.append(_op_times(m, x, dev, iters, inference_mode, trace))
             result.traces[label] = str(trace)
-            del m
+            m = None
     except Exception as e:
         if not C.is_oom(e):
             raise
-        C.release_memory(dev)
         result.error = C.oom_message("profile", e, dev)
+    if result.error is not None:
+        m = x = None  # outside the except block, so the traceback no longer holds the tensors
+        C.release_memory(dev)
         return result
     d, p = times
     for op in sorted(set(d) | set(p), key=lambda k: (-d.get(k, (0.0, 0.0))[0], -p.get(k, (0.0, 0.0))[0])):

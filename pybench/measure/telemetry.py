@@ -213,8 +213,11 @@ class EnergyMeter:
         self._t0 = 0.0
         self._e0: int | None = None
         self._sampler: PowerSampler | None = None
+        self._started = False
 
     def start(self) -> None:
+        """Begin the span (reads the energy counter, or starts the power sampler)."""
+        self._started = True
         dev, self._reason = _no_gpu_reason(self.device)
         if dev is None:
             return
@@ -240,6 +243,9 @@ class EnergyMeter:
 
     def stop(self, items: int | None = None) -> EnergyResult:
         """End the span; ``items`` (how many inputs were processed) gives ``energy_per_item_j``."""
+        if not self._started:
+            self.result = EnergyResult(reason="the span was never started (the measurement failed before it)")
+            return self.result
         if self._reason is not None:
             if self._nv is not None:
                 with contextlib.suppress(Exception):

@@ -160,13 +160,15 @@ def ref_activation_stats(x: torch.Tensor, state: torch.Tensor | None = None) -> 
 
 
 def ref_channel_gather(w: torch.Tensor, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None) -> torch.Tensor:
-    """Reference of ``channel_gather``: two ``index_select`` calls."""
+    """Reference of ``channel_gather``: two ``index_select`` calls (a plain copy when both indices are None)."""
     _check_gather(w, out_idx, in_idx)
+    if out_idx is None and in_idx is None:
+        return w.clone(memory_format=torch.contiguous_format)
     if out_idx is not None:
         w = w.index_select(0, out_idx.long())
     if in_idx is not None:
         w = w.index_select(1, in_idx.long())
-    return w.contiguous() if (out_idx is not None or in_idx is not None) else w.clone(memory_format=torch.contiguous_format)
+    return w.contiguous()
 
 
 def activation_summary(state: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -157,6 +158,13 @@ def test_bad_device_dtype_and_options() -> None:
         pb.measure.latency(model, x, cuda_graphs=True)
     with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
         pb.measure.latency(lambda t: t, x)
+
+
+def test_a_model_that_cannot_be_copied_is_a_clear_error() -> None:
+    model = nn.Linear(3, 2)
+    model.lock = threading.Lock()  # deepcopy cannot copy locks
+    with pytest.raises(TypeError, match="model: Linear cannot be deep-copied"):
+        pb.measure.latency(model, torch.randn(1, 3))
 
 
 def test_inputs_that_do_not_fit_name_the_model_and_shape() -> None:

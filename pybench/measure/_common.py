@@ -147,7 +147,12 @@ def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, ch
     """An eval-mode copy of ``model`` on ``device`` in ``dtype``; the caller's model is never modified."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    model = copy.deepcopy(model).eval()
+    try:
+        model = copy.deepcopy(model).eval()
+    except Exception as e:
+        raise TypeError(f"model: {type(model).__name__} cannot be deep-copied ({type(e).__name__}: {e}); "
+                        "pybench.measure measures a copy so the caller's model is untouched - pass a plain "
+                        "nn.Module (compile inside the measurement with compile=True)") from e
     model = model.to(device=device, dtype=dtype)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

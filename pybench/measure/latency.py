@@ -156,18 +156,19 @@ def latency(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devi
     compile_mode = None if not compile else ("default" if compile is True else str(compile))
     name = type(model).__name__
 
-    x = C.prepare_inputs(example_inputs, dev, dt, batch_size, channels_last)
-    n = C.batch_size_of(x)
+    n = batch_size if batch_size is not None else C.batch_size_of(example_inputs)
     result = LatencyResult(device=str(dev), dtype=C.dtype_name(dt), batch_size=n, warmup=warmup, iters=0,
                            timer="cuda_events" if dev.type == "cuda" else "perf_counter",
                            channels_last=channels_last, compile=compile_mode, cuda_graphs=cuda_graphs,
                            inference_mode=inference_mode)
+    x: Any = None
     m: Any = None
     fn: Any = None
     meter = EnergyMeter(dev) if energy else None
     samples: list[float] = []
     try:
         with C.on_device(dev):
+            x = C.prepare_inputs(example_inputs, dev, dt, batch_size, channels_last)
             m = C.prepare_model(model, dev, dt, channels_last)
             C.check_call(m, x, dev, dt, inference_mode, name)  # clear errors for misfit inputs / dtypes first
             if compile_mode is not None:

@@ -130,15 +130,16 @@ def memory(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devic
         raise ValueError("cpu_method='clear_refs+VmHWM' is not possible here (no writable /proc/self/clear_refs); "
                          "use None or 'psutil-sampling'")
     name = type(model).__name__
-    x = C.prepare_inputs(example_inputs, dev, dt, batch_size, channels_last)
-    n = C.batch_size_of(x)
+    n = batch_size if batch_size is not None else C.batch_size_of(example_inputs)
     method = "cuda.max_memory_allocated" if dev.type == "cuda" else (
         cpu_method or ("clear_refs+VmHWM" if can_reset_peak_rss() else "psutil-sampling"))
     result = MemoryResult(device=str(dev), dtype=C.dtype_name(dt), batch_size=n, method=method,
                           param_bytes=0, buffer_bytes=0)
     m: Any = None
+    x: Any = None
     try:
         with C.on_device(dev):
+            x = C.prepare_inputs(example_inputs, dev, dt, batch_size, channels_last)
             m = C.prepare_model(model, dev, dt, channels_last)
             result.param_bytes, result.buffer_bytes = param_buffer_bytes(m)
             out = C.check_call(m, x, dev, dt, inference_mode, name)  # warm-up: one-time allocations are no peak

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.fx
 import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -58,6 +59,25 @@ def test_unknown_name_names_close_matches():
                                        ("mobilenet_v1", (3, 224, 224)), ("xor_mlp", (2,))])
 def test_input_size(name, size):
     assert pb.zoo.input_size(name) == size
+
+
+def test_input_size_of_a_model():
+    assert pb.zoo.input_size(pb.zoo.create("cifar_resnet20")) == (3, 32, 32)
+    assert pb.zoo.input_size(pb.zoo.create("vit_b_32", image_size=64)) == (3, 64, 64)
+    with pytest.raises(ValueError, match="pybench_spec"):
+        pb.zoo.input_size(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("name,kwargs", [("cifar_resnet20", {}), ("cifar_resnet20", {"shortcut": "A"}),
+                                         ("cifar_resnet56", {}), ("cifar_vgg16", {}), ("mobilenet_v1", {}),
+                                         ("xor_mlp", {})])
+def test_our_models_trace_with_fx(name, kwargs):
+    # the pruning engine reads models through torch.fx: every pybench model must trace and run unchanged
+    model = pb.zoo.create(name, **kwargs).eval()
+    gm = torch.fx.symbolic_trace(model)
+    size = pb.zoo.input_size(name)
+    x = torch.randn(2, *(size if name != "mobilenet_v1" else (3, 64, 64)))
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------- cifar resnet

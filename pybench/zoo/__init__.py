@@ -49,9 +49,21 @@ def _entry(name: str) -> Entry:
     return entry
 
 
-def input_size(name: str) -> tuple[int, ...]:
-    """Default input size of ``name`` without the batch dim: (3, 32, 32) for the cifar models, (3, 299, 299) for
-    inception_v3, (2,) for xor_mlp, (3, 224, 224) otherwise."""
+def input_size(name: str | nn.Module) -> tuple[int, ...]:
+    """Default input size without the batch dim: (3, 32, 32) for the cifar models, (3, 299, 299) for inception_v3,
+    (2,) for xor_mlp, (3, 224, 224) otherwise.
+
+    ``name`` may also be a model made by :func:`create`: its ``pybench_spec`` names it, and an ``image_size`` it
+    was built with (torchvision's ViTs take one) overrides the default.
+    """
+    if isinstance(name, nn.Module):
+        spec = getattr(name, "pybench_spec", None)
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ValueError("zoo: input_size(model) needs a model made by pybench.zoo.create (it reads "
+                             "model.pybench_spec); pass the model's zoo name instead")
+        size = _entry(spec["name"]).input_size
+        image_size = spec.get("kwargs", {}).get("image_size")
+        return (size[0], image_size, image_size) if isinstance(image_size, int) and len(size) == 3 else size
     return _entry(name).input_size
 
 

@@ -300,3 +300,16 @@ def test_missing_extension_falls_back_to_reference_with_one_warning():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_torch_export_traces_through_the_ops():
+    class Scores(torch.nn.Module):
+        def forward(self, w: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return ops.channel_stats(w, 0), ops.activation_stats(torch.relu(x))
+
+    w, x = torch.randn(8, 4, 3, 3), torch.randn(2, 8, 5, 5)
+    exported = torch.export.export(Scores(), (w, x))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert {"pybench.channel_stats.default", "pybench.activation_stats.default"} <= targets
+    for got, want in zip(exported.module()(w, x), Scores()(w, x), strict=True):
+        torch.testing.assert_close(got, want)

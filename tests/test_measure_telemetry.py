@@ -90,3 +90,113 @@ def test_gpu_snapshot_and_energy() -> None:
         torch.cuda.synchronize()
     r = meter.result
     assert r.reason is None and r.method in ("energy_counter", "power_sampling") and r.energy_j > 0
+
+
+class FakeNVML:
+    """Stands in for pynvml with a GPU whose readings the test chooses (this machine has no GPU)."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, energy_counter: bool = True) -> None:
+        self.energy_counter = energy_counter
+        self.energy_mj = 1_000_000
+        self.shutdowns = 0
+
+    def nvmlShutdown(self) -> None:
+        self.shutdowns += 1
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
+        return "h0"
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+        return f"h{index}"
+
+    def nvmlDeviceGetName(self, h: str) -> bytes:
+        return b"Fake GPU"
+
+    def nvmlDeviceGetUUID(self, h: str) -> str:
+        return "GPU-0000"
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "999.1"
+
+    def nvmlDeviceGetMemoryInfo(self, h: str):
+        return type("Mem", (), {"total": 80 * 2**30, "used": 2**30})()
+
+    def nvmlDeviceGetClockInfo(self, h: str, kind: int) -> int:
+        return {1: 1980, 2: 2619}[kind]
+
+    def nvmlDeviceGetMaxClockInfo(self, h: str, kind: int) -> int:
+        raise self.NVMLError("Not Supported")
+
+    def nvmlDeviceGetPowerUsage(self, h: str) -> int:
+        return 250_000  # mW
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: str) -> int:
+        return 700_000
+
+    def nvmlDeviceGetTemperature(self, h: str, sensor: int) -> int:
+        return 41
+
+    def nvmlDeviceGetUtilizationRates(self, h: str):
+        return type("Util", (), {"gpu": 97})()
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: str) -> int:
+        return 0x4
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: str) -> int:
+        if not self.energy_counter:
+            raise self.NVMLError("Not Supported")
+        self.energy_mj += 12_345  # each reading: 12.345 J more
+        return self.energy_mj
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch):
+    def install(**kwargs) -> FakeNVML:
+        nv = FakeNVML(**kwargs)
+        monkeypatch.setattr(T, "_no_gpu_reason", lambda device: (torch.device("cuda", 0), None))
+        monkeypatch.setattr(T, "_nvml", lambda: nv)
+        monkeypatch.setattr(T, "_handle", lambda nv_, dev: (nv_.nvmlDeviceGetHandleByIndex(0), 0))
+        return nv
+    return install
+
+
+def test_snapshot_reads_every_field(fake_gpu) -> None:
+    nv = fake_gpu()
+    snap = pb.measure.telemetry("cuda")
+    assert snap.reason is None and snap.index == 0 and snap.name == "Fake GPU" and snap.uuid == "GPU-0000"
+    assert snap.driver == "999.1" and snap.memory_total_bytes == 80 * 2**30 and snap.memory_used_bytes == 2**30
+    assert (snap.sm_clock_mhz, snap.mem_clock_mhz, snap.temperature_c, snap.utilization_pct) == (1980, 2619, 41, 97)
+    assert snap.power_w == 250.0 and snap.power_limit_w == 700.0 and snap.throttle_reasons == ["sw_power_cap"]
+    assert snap.sm_clock_max_mhz is None and snap.unsupported == ["sm_clock_max_mhz"]
+    assert nv.shutdowns == 1
+
+
+def test_energy_from_the_counter(fake_gpu) -> None:
+    nv = fake_gpu()
+    meter = T.EnergyMeter("cuda")
+    meter.start()
+    r = meter.stop(items=100)
+    assert r.method == "energy_counter" and r.energy_j == pytest.approx(12.345)
+    assert r.energy_per_item_j == pytest.approx(0.12345) and r.mean_power_w == pytest.approx(12.345 / r.duration_s)
+    assert nv.shutdowns == 1
+
+
+def test_energy_falls_back_to_sampled_power(fake_gpu) -> None:
+    fake_gpu(energy_counter=False)
+    with T.EnergyMeter("cuda", interval_s=0.002) as meter:
+        time.sleep(0.05)
+    r = meter.result
+    assert r.method == "power_sampling" and r.power_samples >= 3
+    assert r.energy_j == pytest.approx(250.0 * r.duration_s) and r.mean_power_w == pytest.approx(250.0)
+
+
+def test_latency_carries_the_energy_of_its_timed_loop(fake_gpu) -> None:
+    fake_gpu()
+    r = pb.measure.latency(torch.nn.Linear(3, 2), torch.randn(4, 3), iters=5, energy=True)  # timed on the CPU
+    assert r.energy.method == "energy_counter" and r.energy.energy_j == pytest.approx(12.345)
+    assert r.energy.energy_per_item_j == pytest.approx(12.345 / (4 * 5))

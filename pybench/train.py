@@ -10,7 +10,8 @@ The defaults are the seed papers' fine-tuning settings: SGD, lr 0.01, momentum 0
 
 On the CPU a run is a function of the model's state, the data and ``seed``: training runs under a forked RNG
 seeded with ``seed`` (dropout, augmentation in the main process) and the train loader's shuffling generator is
-reseeded with ``seed`` too, so the same seed gives bit-identical weights. The caller's global RNG is left as it was.
+reseeded with ``seed`` too, so the same seed gives bit-identical weights (with the same number of intra-op threads:
+CPU reductions split their work by thread). The caller's global RNG is left as it was.
 AMP (``amp=True``) is for CUDA only.
 
 Accuracies are fractions in [0, 1]. top5 is top-min(5, classes): for a 2-class model it is top-2 (always 1).
@@ -259,6 +260,7 @@ def train(model: nn.Module, train_loader: Iterable, epochs: int = 1, *, lr: floa
         _check_loader(val_loader, "val_loader")
     device = _resolve_device(model, device)
     _check_amp(device, amp)
+    model.to(device)  # before the optimizer sees the parameters
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train: the model has no trainable parameters")
@@ -266,7 +268,6 @@ def train(model: nn.Module, train_loader: Iterable, epochs: int = 1, *, lr: floa
     sched = make_scheduler(opt, scheduler, epochs, step_size=step_size, milestones=milestones, gamma=gamma)
     loss_fn = loss_fn or _default_loss
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
-    model.to(device)
     was_training = model.training
     history = History()
     fork_devices = [device.index or 0] if device.type == "cuda" else []

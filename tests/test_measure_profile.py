@@ -34,6 +34,7 @@ def test_op_table_and_traces(tmp_path: Path) -> None:
         names = {e.get("name") for e in trace["traceEvents"]}
         assert "aten::convolution" in names
     assert "aten::convolution" in r.table()
+    assert r.to_dataframe().loc["aten::convolution", "dense_calls"] == 2
     json.dumps(r.to_dict())
 
 

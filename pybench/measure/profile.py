@@ -36,6 +36,12 @@ class ProfileResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_dataframe(self) -> Any:
+        """The op table as a pandas DataFrame indexed by op."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows).set_index("op") if self.rows else pd.DataFrame()
+
     def table(self, top: int | None = 20, tablefmt: str = "github") -> str:
         """The op table as text (tabulate), the ``top`` most expensive ops of the dense model."""
         from tabulate import tabulate

@@ -20,14 +20,14 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 class Scratch(nn.Module):
     """A forward that holds ``nbytes`` of touched scratch memory for a while, then returns a scalar."""
 
-    def __init__(self, nbytes: int, hold_s: float = 0.03) -> None:
+    def __init__(self, nbytes: int, hold_s: float = 0.1) -> None:
         super().__init__()
         self.n = nbytes // 4
         self.hold_s = hold_s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scratch = torch.ones(self.n, device=x.device)  # ones, not empty: untouched pages are not resident
-        time.sleep(self.hold_s)  # long enough for the 1 ms RSS sampler to see it
+        time.sleep(self.hold_s)  # long enough for the 1 ms RSS sampler to see it on a loaded machine
         return scratch[:1] + x.sum()
 
 

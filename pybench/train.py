@@ -191,6 +191,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device | No
              max_batches: int | None = None, progress: bool = False) -> dict[str, float]:
     """Mean loss, top-1 and top-5 accuracy (fractions) of ``model`` over ``loader``, in eval mode.
 
+    ``loss_fn`` must return the batch mean (the default cross-entropy does); the model stays on its device.
+
     top-5 is top-min(5, classes). The model's train/eval mode is restored afterwards. Returns
     ``{"loss", "top1", "top5", "n"}`` where ``n`` is the number of samples seen.
     """
@@ -245,7 +247,7 @@ def train(model: nn.Module, train_loader: Iterable, epochs: int = 1, *, lr: floa
         device: where to train; default: where the model's parameters are. The model is moved there.
         amp: mixed precision (CUDA only), in ``amp_dtype``; float16 uses a gradient scaler.
         seed: seeds the RNG (forked, so the caller's is untouched) and the loader's shuffling generator; None
-            leaves both alone.
+            leaves both alone. Repeated calls with one seed see the same batch order; vary it per call if needed.
         loss_fn: ``(logits, targets) -> loss``; default cross-entropy (BCE-with-logits for one output).
         grad_clip: clip the global gradient norm to this value.
         max_batches: stop each epoch after this many batches (quick fine-tunes, smoke tests).

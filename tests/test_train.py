@@ -204,7 +204,8 @@ def test_diverging_loss_is_reported():
 # ------------------------------------------------------------------------------------------------ the real task
 @pytest.mark.slow
 def test_cifar_resnet20_on_digits_reaches_95_percent():
-    # measured: 5 epochs, SGD lr 0.05, momentum 0.9, wd 5e-4, cosine -> see the report for the figure and the time
+    # 5 epochs, SGD lr 0.05, momentum 0.9, wd 5e-4, cosine, batch 64: measured 0.983 test top-1 (seed 0, one
+    # thread, 34 s of training on the shared 2-core machine; two contended threads took 217 s)
     tr, va, te = small_digits(seed=0)
     torch.manual_seed(0)
     model = pb.zoo.create("cifar_resnet20", num_classes=10)

@@ -113,6 +113,22 @@ def test_options_reach_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
     assert model.seen == [] and model.conv.weight.dtype == torch.float32 and model.training  # caller's untouched
 
 
+def test_threads_are_set_for_the_measurement_and_restored() -> None:
+    seen = []
+
+    class Threads(nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.get_num_threads())
+            return t
+
+    before = torch.get_num_threads()
+    r = pb.measure.latency(Threads(), torch.randn(1, 3), threads=1, warmup=0, iters=2)
+    assert seen == [1, 1, 1] and r.threads == 1 and torch.get_num_threads() == before
+    assert pb.measure.latency(Threads(), torch.randn(1, 3), iters=1).threads == before
+    with pytest.raises(ValueError, match="threads=0"):
+        pb.measure.latency(Threads(), torch.randn(1, 3), threads=0)
+
+
 def test_batch_size_cuts_and_repeats_items() -> None:
     x = torch.arange(3.0).reshape(3, 1)
     seen = []

@@ -45,6 +45,7 @@ class LatencyResult:
     compile: str | None = None
     cuda_graphs: bool = False
     inference_mode: bool = True
+    threads: int = 1
     energy: EnergyResult | None = None
     error: str | None = None
 
@@ -114,7 +115,7 @@ def latency(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devi
             dtype: str | torch.dtype = torch.float32, warmup: int = 10, iters: int = 50,
             min_time: float | None = None, batch_size: int | None = None, channels_last: bool = False,
             compile: bool | str = False, cuda_graphs: bool = False, inference_mode: bool = True,
-            energy: bool = False, max_iters: int = 100_000) -> LatencyResult:
+            energy: bool = False, max_iters: int = 100_000, threads: int | None = None) -> LatencyResult:
     """Time ``model(example_inputs)`` on ``device`` in ``dtype``.
 
     Args:
@@ -132,6 +133,8 @@ def latency(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devi
         inference_mode: run under torch.inference_mode (else torch.no_grad).
         energy: also measure GPU energy over the timed loop (pybench.measure.telemetry.EnergyMeter).
         max_iters: cap on timed calls when ``min_time`` is given.
+        threads: torch's intra-op thread count for the measurement (restored afterwards); default: leave it.
+            It matters on CPU: on a loaded 2-core machine a 2-thread forward can be 10x slower than a 1-thread one.
 
     Returns:
         LatencyResult; on out-of-memory its statistics are None and ``error`` says so (memory is released).
@@ -153,6 +156,8 @@ def latency(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devi
     if cuda_graphs and compile:
         raise ValueError("cuda_graphs=True with compile: use compile='reduce-overhead' (torch.compile's own CUDA "
                          "graphs) and cuda_graphs=False")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads={threads!r}: expected an int >= 1, or None to keep torch.get_num_threads()")
     compile_mode = None if not compile else ("default" if compile is True else str(compile))
     name = type(model).__name__
 
@@ -160,14 +165,14 @@ def latency(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devi
     result = LatencyResult(device=str(dev), dtype=C.dtype_name(dt), batch_size=n, warmup=warmup, iters=0,
                            timer="cuda_events" if dev.type == "cuda" else "perf_counter",
                            channels_last=channels_last, compile=compile_mode, cuda_graphs=cuda_graphs,
-                           inference_mode=inference_mode)
+                           inference_mode=inference_mode, threads=threads or torch.get_num_threads())
     x: Any = None
     m: Any = None
     fn: Any = None
     meter = EnergyMeter(dev) if energy else None
     samples: list[float] = []
     try:
-        with C.on_device(dev):
+        with C.on_device(dev), C.num_threads(threads):
             x = C.prepare_inputs(example_inputs, dev, dt, batch_size, channels_last)
             m = C.prepare_model(model, dev, dt, channels_last)
             C.check_call(m, x, dev, dt, inference_mode, name)  # clear errors for misfit inputs / dtypes first

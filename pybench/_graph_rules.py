@@ -471,19 +471,19 @@ def _aligned_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[i
     groups, i, j = [], 0, 0
     while i < len(a) or j < len(b):
         gi, gj, pa, pb = [], [], 1, 1
-        while True:
-            if pa <= pb and i < len(a):
-                pa *= a[i]
-                gi.append(i)
-                i += 1
-            elif j < len(b):
-                pb *= b[j]
-                gj.append(j)
-                j += 1
+        if i < len(a):
+            pa, i = a[i], i + 1
+            gi.append(i - 1)
+        if j < len(b):
+            pb, j = b[j], j + 1
+            gj.append(j - 1)
+        while pa != pb and (i < len(a) or j < len(b)):
+            if (pa < pb and i < len(a)) or j >= len(b):
+                pa, i = pa * a[i], i + 1
+                gi.append(i - 1)
             else:
-                break
-            if pa == pb and gi and gj and not (i < len(a) and a[i] == 1 and j < len(b) and b[j] == 1):
-                break
+                pb, j = pb * b[j], j + 1
+                gj.append(j - 1)
         groups.append((gi, gj))
     return groups
 

@@ -148,33 +148,40 @@ class ChannelGraph:
         adj = coo_matrix((np.ones(n, dtype=np.int8), (labels, ncomp + space_of)), shape=(ncomp + len(sizes),) * 2)
         _, glabel = connected_components(adj, directed=False)
         glabel = glabel[:ncomp]
-        # block constraints (equal pruning per partition)
-        block_of = np.full(ncomp, -1, dtype=np.int64)
-        parts_of_group: dict[int, int] = {}
-        bad_groups: set[int] = set()
-        for ids, parts, reason in ctx.blocks:
+        # equal-partition constraints (grouped convs, GroupNorm, chunk): per group, the cells that every
+        # constraint's parts are unions of; equal removal per cell keeps every part equal
+        per_group: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for ids, parts, _reason in ctx.blocks:
             comps = labels[ids]
-            g = int(glabel[comps[0]])
             if pinned[comps].any():
                 pinned[comps] = True
                 continue
-            grid = comps.reshape(parts, -1)
-            rows = np.repeat(np.arange(parts), grid.shape[1])
-            flat = grid.reshape(-1)
-            order = np.argsort(flat, kind="stable")
-            same = flat[order][1:] == flat[order][:-1]
-            if (same & (rows[order][1:] != rows[order][:-1])).any():
-                bad_groups.add(g)  # one channel in two partitions
+            rows = np.repeat(np.arange(parts), comps.size // parts)
+            per_group.setdefault(int(glabel[comps[0]]), []).append((comps, rows))
+        cells_of_group: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for g, constraints in per_group.items():
+            comps = np.unique(np.concatenate([c for c, _ in constraints]))
+            table = np.full((comps.size, len(constraints)), -1, dtype=np.int64)
+            ok = True
+            for k, (c, rows) in enumerate(constraints):
+                pos = np.searchsorted(comps, c)
+                order = np.argsort(pos, kind="stable")
+                dup = pos[order][1:] == pos[order][:-1]
+                if (dup & (rows[order][1:] != rows[order][:-1])).any():
+                    ok = False  # one channel in two parts of the same constraint
+                    break
+                table[pos, k] = rows
+            if ok:
+                _, cell = np.unique(table, axis=0, return_inverse=True)
+                cell = cell.reshape(-1)
+                counts = np.bincount(cell)
+                ok = bool((counts == counts[0]).all())
+            if not ok:
+                pinned[glabel == g] = True
+                reasons.append("channels with equal-partition "
+                               "constraints (grouped convs, GroupNorm, chunk) that cannot all hold")
                 continue
-            prev = block_of[flat]
-            if parts_of_group.get(g, parts) != parts or ((prev >= 0) & (prev != rows)).any():
-                bad_groups.add(g)
-                continue
-            parts_of_group[g] = parts
-            block_of[flat] = rows
-        for g in bad_groups:
-            pinned[glabel == g] = True
-            reasons.append(f"group {g}: conflicting equal-partition constraints (grouped convs / GroupNorm)")
+            cells_of_group[g] = (comps, cell)
         self.labels = labels
         self.pinned_units = pinned
         self.n_units = ncomp
@@ -191,13 +198,20 @@ class ChannelGraph:
             comps = live[bounds[i]:bounds[i + 1]]
             g = int(glabel[comps[0]])
             gi = len(self.groups)
-            parts = parts_of_group.get(g, 1)
-            bo = None
-            if parts > 1:
-                bo = block_of[comps]
-                if (bo < 0).any() or (np.bincount(bo, minlength=parts) != comps.size // parts).any():
-                    pinned[comps] = True  # a unit outside the partition, or unequal partitions: keep them all
-                    reasons.append(f"group of {comps.size} channels: partitions do not cover it evenly")
+            parts, bo = 1, None
+            if g in cells_of_group:
+                ccomps, cell = cells_of_group[g]
+                pos = np.searchsorted(ccomps, comps)
+                covered = (pos < ccomps.size) & (ccomps[np.minimum(pos, ccomps.size - 1)] == comps)
+                if not covered.all():
+                    pinned[comps] = True  # a unit outside the partition: keep the group whole
+                    reasons.append(f"group of {comps.size} channels: partitions do not cover it")
+                    continue
+                _, bo = np.unique(cell[pos], return_inverse=True)
+                parts = int(bo.max()) + 1
+                if (np.bincount(bo) != comps.size // parts).any():
+                    pinned[comps] = True
+                    reasons.append(f"group of {comps.size} channels: partitions of unequal size")
                     continue
             self.unit_group[comps] = gi
             self.unit_index[comps] = np.arange(comps.size)

@@ -1,7 +1,8 @@
 """The ``pybench`` command: a thin shell over the library.
 
-Exit codes: 0 success; 1 the command ran but a check it makes failed (e.g. a benchmark target missed with
-``--strict``); 2 bad usage or bad input (argparse's convention).
+Exit codes: 0 success; 1 the command ran but something it checks failed (a cell failed in ``run``, a regression
+in ``check``, a benchmark target missed with ``ops-bench --strict``); 2 bad usage or bad input (argparse's
+convention: an unknown option, a malformed suite file, a run folder that is not there).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input found after argument parsing; printed and turned into exit code 2."""
 
 
 def _ops_bench(args: argparse.Namespace) -> int:
@@ -52,9 +57,262 @@ def _zoo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_suite(args: argparse.Namespace, require_data: bool) -> object:
+    from pybench import suite
+
+    try:
+        return suite.load(args.suite, data_root=args.data_root, require_data=require_data)
+    except suite.SuiteError as e:
+        raise UsageError(str(e)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pybench import runner, suite
+
+    s = _load_suite(args, require_data=not args.dry_run)
+    try:
+        if args.dry_run:
+            out = args.out or (runner.latest_run(s, args.results_root) if args.resume else None)
+            rp = runner.plan_run(s, out, args.filter, args.retry_failed)
+            print(f"# suite {s.name}: {len(rp.cells)} cells ({len(rp.done)} done, {len(rp.todo)} to run) in "
+                  f"{len({c.group_id for c in rp.cells})} prune groups; metrics: "
+                  f"{', '.join(s.metrics['collect'])}; repeats {s.metrics['repeats']}")
+            print(rp.table())
+            return EXIT_OK
+        summary = runner.run(s, args.out, resume=args.resume, filters=args.filter, retry_failed=args.retry_failed,
+                             progress=not args.no_progress, results_root=args.results_root)
+    except suite.SuiteError as e:
+        raise UsageError(str(e)) from None
+    print(summary.folder)
+    if summary.failed:
+        print(f"pybench run: {summary.failed} cell(s) failed (their records hold the errors)", file=sys.stderr)
+    return summary.exit_code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pybench import report
+
+    try:
+        md, html = report.write(args.runs, out_dir=args.out, title=args.title)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if not args.quiet:
+        print(md.read_text())
+    print(f"wrote {md} and {html}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pybench import compare
+
+    try:
+        res = compare.compare(args.a, args.b, labels=(args.label_a, args.label_b))
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    print(res.markdown())
+    if args.html:
+        Path(args.html).write_text(res.html())
+        print(f"wrote {args.html}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _threshold(text: str) -> float:
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage like 5% or a fraction like 0.05, got {text!r}") \
+            from None
+    if not 0 < value < 10:
+        raise argparse.ArgumentTypeError(f"expected a threshold > 0 (e.g. 5%), got {text!r}")
+    return value
+
+
+def _check(args: argparse.Namespace) -> int:
+    from pybench import compare
+
+    try:
+        res = compare.check(args.run, args.baseline, threshold=args.threshold, metrics=args.metric)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    print(res.markdown())
+    return EXIT_FAILED if res.failed else EXIT_OK
+
+
+def _input(args: argparse.Namespace, name: str | None) -> tuple[int, ...]:
+    from pybench import zoo
+
+    if args.input_size:
+        return tuple(args.input_size)
+    if name is None:
+        raise UsageError("--input-size is needed for a model loaded from a file (e.g. --input-size 3 32 32)")
+    return zoo.input_size(name)
+
+
+def _model(args: argparse.Namespace) -> tuple[object, str | None]:
+    """(model, zoo name or None) from a zoo name or a file saved by pybench prune / pb.save / torch.save."""
+    import torch
+
+    from pybench import zoo
+
+    p = Path(args.model)
+    if p.is_file():
+        try:
+            from pybench import serialize
+
+            return serialize.load(p), None
+        except ImportError:
+            return torch.load(p, map_location="cpu", weights_only=False), None
+    if args.model not in zoo.names():
+        raise UsageError(f"model {args.model!r}: neither a file nor a zoo name (`pybench zoo` lists them)")
+    try:
+        return zoo.create(args.model, num_classes=args.num_classes, weights=args.weights), args.model
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        raise UsageError(str(e)) from None
+
+
+def _prune(args: argparse.Namespace) -> int:
+    import torch
+
+    from pybench import measure, runner
+
+    model, name = _model(args)
+    x = torch.randn(1, *_input(args, name))
+    cfg = {"criterion": args.criterion, "schedule": args.schedule, "level": args.ratio, "seed": args.seed,
+           "model_config": {"input_size": list(x.shape[1:])},
+           "prune": {"scope": args.scope, "round_to": args.round_to, "min_channels": 1, "ignore": args.ignore or [],
+                     "calibration_batches": 0, "example_batch_size": 1, "criterion_options": {},
+                     "schedule_options": {}}}
+    try:
+        pruned = runner.prune_model(model, cfg, None)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    before, after = measure.flops(model, x), measure.flops(pruned, x)
+    print(f"params {before.params:,} -> {after.params:,} ({after.params / before.params:.1%} kept); "
+          f"MACs {before.total_macs:,} -> {after.total_macs:,} ({after.total_macs / before.total_macs:.1%} kept)")
+    if args.output:
+        try:
+            from pybench import serialize
+
+            serialize.save(pruned, args.output)
+        except ImportError:  # pb.save not there yet: a whole-module pickle, read back with torch.load
+            torch.save(pruned, args.output)
+        print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import torch
+
+    from pybench import measure, runner
+
+    model, name = _model(args)
+    x = torch.randn(1, *_input(args, name))
+    cfg = {"criterion": args.criterion, "schedule": "one_shot", "level": args.ratio, "seed": 0,
+           "model_config": {"input_size": list(x.shape[1:])},
+           "prune": {"scope": "local", "round_to": 1, "min_channels": 1, "ignore": [], "calibration_batches": 0,
+                     "example_batch_size": 1, "criterion_options": {}, "schedule_options": {}}}
+    pruned = runner.prune_model(model, cfg, None)
+    try:
+        res = measure.profile(model, pruned, x, device=args.device, dtype=args.dtype, iters=args.iters,
+                              out_dir=args.out, batch_size=args.batch_size)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if res.error:
+        print(f"pybench profile: {res.error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"# {args.model}: dense {res.dense_total_ms:.3f} ms vs pruned ({args.criterion} @ {args.ratio}) "
+          f"{res.pruned_total_ms:.3f} ms per forward ({res.metric}), batch {args.batch_size}, {res.dtype}, "
+          f"{res.device}")
+    print(res.table(top=args.top))
+    for label, path in res.traces.items():
+        print(f"trace {label}: {path}")
+    return EXIT_OK
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a zoo name (`pybench zoo`) or a model file written by `pybench prune`")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (zoo models; default theirs)")
+    p.add_argument("--weights", help="local state-dict file for a zoo model (pybench never downloads)")
+    p.add_argument("--input-size", type=int, nargs="+", metavar="N", help="input size without batch, e.g. 3 32 32")
+    p.add_argument("--criterion", default="l1", help="pruning criterion (default l1)")
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed per group (default 0.5)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pybench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pybench", description=__doc__.splitlines()[0],
+                                     epilog="exit codes: 0 ok; 1 a check failed or some cells failed; 2 bad usage or "
+                                     "input. Start with: pybench run suites/smoke.toml && pybench report results/smoke")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a suite file into a run folder (resumable)",
+                       description="Expand the suite's cells and run them (one worker process per prune group; a "
+                       "crash, out-of-memory or timeout fails only that cell), appending one record per cell to "
+                       "OUT/records.jsonl.")
+    r.add_argument("suite", help="suite file (TOML), e.g. suites/smoke.toml")
+    r.add_argument("--out", help="run folder (default results/<suite>/<UTC run id>/)")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest run of "
+                   "the suite), skipping finished cells")
+    r.add_argument("--retry-failed", action="store_true", help="with --resume, run failed cells again")
+    r.add_argument("--filter", action="append", metavar="KEY=PAT[,PAT]",
+                   help="only cells matching (keys: model, criterion, schedule, level, batch_size, dtype, device, "
+                   "seed, cell_id, group_id; glob patterns; repeat to AND)")
+    r.add_argument("--dry-run", action="store_true", help="print the cell matrix and exit")
+    r.add_argument("--data-root", help="local dataset folder; overrides the suite's [data] root")
+    r.add_argument("--results-root", default="results", help="where default run folders go (default results/)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=_run)
+
+    rep = sub.add_parser("report", help="Markdown + HTML report of one or more run folders",
+                         description="Per model, pruned vs dense: latency speedup, memory saved, MACs and params "
+                         "removed, accuracy change; realised vs theoretical speedup and accuracy vs MACs kept plots.")
+    rep.add_argument("runs", nargs="+", help="run folders (or a folder holding several)")
+    rep.add_argument("--out", help="where report.md and report.html go (default: the first run folder)")
+    rep.add_argument("--title", help="report title")
+    rep.add_argument("--quiet", action="store_true", help="do not print the Markdown")
+    rep.set_defaults(func=_report)
+
+    cmp_ = sub.add_parser("compare", help="the same cells from two runs (e.g. two machines): ratio table",
+                          description="Match cells by id and show B/A ratios of latency, throughput and memory.")
+    cmp_.add_argument("a", help="run folder A (the reference)")
+    cmp_.add_argument("b", help="run folder B")
+    cmp_.add_argument("--label-a", default="A")
+    cmp_.add_argument("--label-b", default="B")
+    cmp_.add_argument("--html", metavar="FILE", help="also write an HTML page with the ratio plot")
+    cmp_.set_defaults(func=_compare)
+
+    chk = sub.add_parser("check", help="regression gate: RUN vs --baseline, exit 1 on a regression",
+                         description="Flag cells whose metric got worse than the baseline by more than the threshold. "
+                         "Cells whose noise (spread of the repeats) exceeds the threshold are ignored, and listed.")
+    chk.add_argument("run", help="run folder to check")
+    chk.add_argument("--baseline", required=True, help="baseline run folder")
+    chk.add_argument("--threshold", type=_threshold, default=0.05, help="relative change that counts (default 5%%)")
+    chk.add_argument("--metric", action="append", help="metric(s) to check (default: latency_p50_ms, "
+                     "peak_memory_bytes, top1, macs)")
+    chk.set_defaults(func=_check)
+
+    pr = sub.add_parser("prune", help="prune a model and save it", description="Prune a zoo model or a saved model "
+                        "by a criterion at a ratio and save the smaller model.")
+    _add_model_args(pr)
+    pr.add_argument("--schedule", default="one_shot", help="one_shot (default), iterative, layerwise_alpha, "
+                    "gradual_global")
+    pr.add_argument("--scope", default="local", choices=["local", "global"])
+    pr.add_argument("--round-to", type=int, default=1, help="keep a multiple of this many channels")
+    pr.add_argument("--ignore", action="append", help="module name never pruned (repeatable)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("-o", "--output", help="output file")
+    pr.set_defaults(func=_prune)
+
+    pf = sub.add_parser("profile", help="op-level profile of a model, dense vs pruned",
+                        description="torch.profiler time per op type, dense vs pruned, and chrome traces.")
+    _add_model_args(pf)
+    pf.add_argument("--device", default="cpu")
+    pf.add_argument("--dtype", default="float32")
+    pf.add_argument("--batch-size", type=int, default=1)
+    pf.add_argument("--iters", type=int, default=10)
+    pf.add_argument("--top", type=int, default=20, help="rows shown")
+    pf.add_argument("--out", help="folder for the chrome traces")
+    pf.set_defaults(func=_profile)
 
     bench = sub.add_parser("ops-bench", help="fused ops vs eager PyTorch on real layer sizes, with bandwidth",
                            description="Fused ops vs eager PyTorch on ResNet-50 / VGG-16 layer sizes; the fused "
@@ -67,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--strict", action="store_true", help="exit 1 if any case misses its speedup target")
     bench.set_defaults(func=_ops_bench)
 
-    zoo = sub.add_parser("zoo", help="list the model names pybench.zoo.create accepts")
+    zoo = sub.add_parser("zoo", help="list the model names pybench.zoo.create accepts",
+                         description="List the model names pybench.zoo.create accepts.")
     zoo.set_defaults(func=_zoo)
     return parser
 
@@ -78,7 +337,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "repeats", 1) < 1:
         print("pybench: --repeats must be >= 1", file=sys.stderr)
         return EXIT_USAGE
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"pybench {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"pybench {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

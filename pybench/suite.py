@@ -1,0 +1,399 @@
+"""Suite files: TOML in, a validated :class:`Suite` out, expanded into :class:`Cell` s.
+
+A suite is a matrix of models x pruning levels x criteria x schedules x batch sizes x dtypes x devices x seeds,
+plus how to measure (metrics, repeats), the data, the dense training, fine-tuning and pruning settings. Level 0 is
+the dense baseline and is always present (once per model, batch size, dtype, device and seed: criterion and
+schedule are "none" there). Every key is checked before anything runs; a mistake raises :class:`SuiteError`
+naming the file, the key and the allowed values.
+
+A cell's id is a hash of what it measures (model, its arguments and weights, criterion, schedule, level, batch
+size, dtype, device, seed, data, training, fine-tuning and pruning settings) — not of how often (repeats,
+iterations) nor of where the data lives — so resume and compare can match cells across runs and machines.
+Cells sharing (model, criterion, schedule, level, seed and the settings that shape the pruned model) form a prune
+group: the runner prunes once per group and measures every batch size, dtype and device of the group on it.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+__all__ = ["Suite", "Cell", "SuiteError", "load", "loads", "expand", "filter_cells", "parse_filter",
+           "METRICS", "SCHEDULES", "DTYPES", "FILTER_KEYS"]
+
+METRICS = ("latency", "memory", "macs", "accuracy", "energy")
+SCHEDULES = ("one_shot", "iterative", "layerwise_alpha", "gradual_global")
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
+          "bfloat16": "bfloat16", "bf16": "bfloat16"}
+ISOLATION = ("cell", "group", "model")
+FILTER_KEYS = ("model", "criterion", "schedule", "level", "batch_size", "dtype", "device", "seed", "cell_id",
+               "group_id")
+
+# table -> {key: (type check, default)}; a default of REQUIRED must be given
+REQUIRED = object()
+_SCHEMA: dict[str, dict[str, Any]] = {
+    "suite": {"name": (str, REQUIRED), "description": (str, "")},
+    "matrix": {"models": (list, REQUIRED), "levels": (list, [0.3, 0.5]), "criteria": (list, ["l1"]),
+               "schedules": (list, ["one_shot"]), "batch_sizes": (list, [1]), "dtypes": (list, ["float32"]),
+               "devices": (list, ["cpu"]), "seeds": (list, [0])},
+    "metrics": {"collect": (list, ["latency", "memory", "macs"]), "repeats": (int, 3), "warmup": (int, 5),
+                "iters": (int, 20), "min_time": (float, 0.0), "channels_last": (bool, False),
+                "accuracy_max_batches": (int, 0)},
+    "data": {"name": (str, ""), "root": (str, ""), "batch_size": (int, 64), "eval_batch_size": (int, 256),
+             "options": (dict, {})},
+    "train": {"epochs": (int, 0), "lr": (float, 0.05), "momentum": (float, 0.9), "weight_decay": (float, 0.0),
+              "optimizer": (str, "sgd"), "scheduler": (str, ""), "max_batches": (int, 0)},
+    "fine_tune": {"epochs": (int, 0), "lr": (float, 0.01), "momentum": (float, 0.9), "weight_decay": (float, 0.0),
+                  "optimizer": (str, "sgd"), "scheduler": (str, ""), "max_batches": (int, 0)},
+    "prune": {"scope": (str, "local"), "round_to": (int, 1), "min_channels": (int, 1), "ignore": (list, []),
+              "calibration_batches": (int, 4), "example_batch_size": (int, 1), "criterion_options": (dict, {}),
+              "schedule_options": (dict, {})},
+    "run": {"isolation": (str, "group"), "timeout_s": (float, 900.0)},
+}
+_MODEL_KEYS = {"kwargs": dict, "input_size": list, "weights": str, "num_classes": int}
+_TABLES = tuple(_SCHEMA) + ("models",)
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot run: names the file, the key, what was found and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measured point. ``config`` holds everything (JSON-able); ``cell_id`` and ``group_id`` are hashes of it."""
+
+    cell_id: str
+    group_id: str
+    config: dict[str, Any] = field(hash=False, compare=False)
+
+    def __getattr__(self, name: str) -> Any:  # cell.model, cell.level, ... read from the config
+        config = self.__dict__.get("config", {})
+        if name in config:
+            return config[name]
+        raise AttributeError(name)
+
+    def label(self) -> str:
+        c = self.config
+        what = "dense" if c["level"] == 0 else f"{c['criterion']}/{c['schedule']}@{c['level']:g}"
+        return f"{c['model']} {what} bs={c['batch_size']} {c['dtype']} {c['device']} seed={c['seed']}"
+
+
+@dataclass
+class Suite:
+    """A validated suite file."""
+
+    name: str
+    path: str
+    description: str
+    matrix: dict[str, list[Any]]
+    metrics: dict[str, Any]
+    data: dict[str, Any]
+    train: dict[str, Any]
+    fine_tune: dict[str, Any]
+    prune: dict[str, Any]
+    run: dict[str, Any]
+    models: dict[str, dict[str, Any]]
+    text: str = ""
+
+    def cells(self) -> list[Cell]:
+        return expand(self)
+
+
+def _type_name(t: type) -> str:
+    return {list: "a list", dict: "a table", str: "a string", int: "an integer", float: "a number",
+            bool: "true or false"}[t]
+
+
+def _check_type(where: str, key: str, value: Any, t: type) -> Any:
+    ok = isinstance(value, t) and not (t in (int, float) and isinstance(value, bool))
+    if t is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise SuiteError(f"{where}: key {key!r} must be {_type_name(t)}, got {value!r}")
+    return value
+
+
+def _allowed(where: str, key: str, values: list[Any], allowed: list[Any] | tuple[Any, ...], extra: str = "") -> None:
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        listing = ", ".join(str(a) for a in allowed)
+        raise SuiteError(f"{where}: key {key!r} has {', '.join(repr(b) for b in bad)}; allowed values: {listing}"
+                         f"{extra}")
+
+
+def expand_env(text: str, where: str, key: str, required: bool) -> str:
+    """Replace ``${VAR}`` / ``$VAR`` by the environment; an unset variable is an error when ``required``."""
+    def sub(m: re.Match[str]) -> str:
+        var = m.group(1) or m.group(2)
+        if var in os.environ:
+            return os.environ[var]
+        if required:
+            raise SuiteError(f"{where}: key {key!r} uses ${{{var}}}, which is not set; set the environment "
+                             f"variable {var} or pass --data-root")
+        return m.group(0)
+    return _ENV.sub(sub, text)
+
+
+def _known_criteria() -> list[str]:
+    from pybench import criteria
+
+    try:  # data-driven criteria register themselves on import (another module's job)
+        import pybench.criteria_data  # noqa: F401
+    except ImportError:
+        pass
+    return sorted(criteria.CRITERIA)
+
+
+def _device_ok(d: Any) -> bool:
+    return isinstance(d, str) and re.fullmatch(r"cpu|cuda(:\d+)?|mps", d) is not None
+
+
+def loads(text: str, path: str = "<string>", data_root: str | None = None, require_data: bool = True) -> Suite:
+    """Parse and validate suite TOML ``text`` (``path`` names it in errors). ``data_root`` overrides [data] root."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(f"{path}: not valid TOML: {e}") from None
+    unknown = sorted(set(raw) - set(_TABLES))
+    if unknown:
+        raise SuiteError(f"{path}: unknown table(s) {', '.join(repr(u) for u in unknown)}; allowed tables: "
+                         f"{', '.join(_TABLES)}")
+    tables: dict[str, dict[str, Any]] = {}
+    for table, schema in _SCHEMA.items():
+        given = raw.get(table, {})
+        where = f"{path} [{table}]"
+        if not isinstance(given, dict):
+            raise SuiteError(f"{path}: {table!r} must be a table ([{table}]), got {given!r}")
+        bad = sorted(set(given) - set(schema))
+        if bad:
+            raise SuiteError(f"{where}: unknown key(s) {', '.join(repr(b) for b in bad)}; allowed keys: "
+                             f"{', '.join(schema)}")
+        out: dict[str, Any] = {}
+        for key, (t, default) in schema.items():
+            if key in given:
+                out[key] = _check_type(where, key, given[key], t)
+            elif default is REQUIRED:
+                raise SuiteError(f"{where}: missing required key {key!r}")
+            else:
+                out[key] = copy.deepcopy(default)
+        tables[table] = out
+
+    m = tables["matrix"]
+    where = f"{path} [matrix]"
+    for key, values in m.items():
+        if not values:
+            raise SuiteError(f"{where}: key {key!r} is empty; give at least one value")
+    from pybench import zoo
+
+    _allowed(where, "models", m["models"], zoo.names(), " (pybench zoo lists them)")
+    for lv in m["levels"]:
+        if isinstance(lv, bool) or not isinstance(lv, (int, float)) or not 0 <= lv < 1:
+            raise SuiteError(f"{where}: key 'levels' has {lv!r}; allowed values: numbers in [0, 1) (the fraction "
+                             "of channels removed; 0 is the dense baseline)")
+    m["levels"] = sorted({0.0, *(float(v) for v in m["levels"])})
+    _allowed(where, "criteria", m["criteria"], _known_criteria())
+    _allowed(where, "schedules", m["schedules"], SCHEDULES)
+    _allowed(where, "dtypes", m["dtypes"], list(DTYPES))
+    m["dtypes"] = list(dict.fromkeys(DTYPES[d] for d in m["dtypes"]))
+    for key in ("batch_sizes", "seeds"):
+        for v in m[key]:
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "batch_sizes" else 0):
+                raise SuiteError(f"{where}: key {key!r} has {v!r}; allowed values: integers >= "
+                                 f"{1 if key == 'batch_sizes' else 0}")
+    bad_dev = [d for d in m["devices"] if not _device_ok(d)]
+    if bad_dev:
+        raise SuiteError(f"{where}: key 'devices' has {', '.join(repr(d) for d in bad_dev)}; allowed values: cpu, "
+                         "cuda, cuda:N")
+
+    met = tables["metrics"]
+    where = f"{path} [metrics]"
+    _allowed(where, "collect", met["collect"], METRICS)
+    for key, low in (("repeats", 1), ("warmup", 0), ("iters", 1), ("accuracy_max_batches", 0)):
+        if met[key] < low:
+            raise SuiteError(f"{where}: key {key!r} must be >= {low}, got {met[key]}")
+
+    data = tables["data"]
+    where = f"{path} [data]"
+    from pybench import data as pdata
+
+    if data["name"]:
+        _allowed(where, "name", [data["name"]], pdata.names())
+    if data_root is not None:
+        data["root"] = data_root
+    data["root"] = expand_env(data["root"], where, "root", required=require_data and bool(data["name"]))
+    needs_root = data["name"] in ("cifar10", "cifar100", "imagefolder")
+    if needs_root and require_data and not data["root"]:
+        raise SuiteError(f"{where}: dataset {data['name']!r} needs key 'root' (a local folder; pybench never "
+                         "downloads); set it in the file, through an environment variable, or pass --data-root")
+    if "accuracy" in met["collect"] and not data["name"]:
+        raise SuiteError(f"{path} [metrics]: 'accuracy' in key 'collect' needs a dataset: set [data] name (allowed "
+                         f"values: {', '.join(pdata.names())})")
+    for table in ("train", "fine_tune"):
+        t = tables[table]
+        if t["epochs"] < 0 or t["max_batches"] < 0:
+            raise SuiteError(f"{path} [{table}]: keys 'epochs' and 'max_batches' must be >= 0")
+        if t["epochs"] and not data["name"]:
+            raise SuiteError(f"{path} [{table}]: epochs = {t['epochs']} needs a dataset: set [data] name")
+        _allowed(f"{path} [{table}]", "optimizer", [t["optimizer"]], ("sgd", "adam", "adamw"))
+        _allowed(f"{path} [{table}]", "scheduler", [t["scheduler"]], ("", "cosine", "step", "multistep"))
+
+    pr = tables["prune"]
+    where = f"{path} [prune]"
+    _allowed(where, "scope", [pr["scope"]], ("local", "global"))
+    if pr["round_to"] < 1 or pr["min_channels"] < 1:
+        raise SuiteError(f"{where}: keys 'round_to' and 'min_channels' must be >= 1")
+    _allowed(where, "schedule_options", list(pr["schedule_options"]), SCHEDULES, " (a table per schedule)")
+
+    run = tables["run"]
+    _allowed(f"{path} [run]", "isolation", [run["isolation"]], ISOLATION)
+    if run["timeout_s"] <= 0:
+        raise SuiteError(f"{path} [run]: key 'timeout_s' must be > 0 seconds, got {run['timeout_s']}")
+
+    models_raw = raw.get("models", {})
+    if not isinstance(models_raw, dict):
+        raise SuiteError(f"{path}: 'models' must hold tables ([models.NAME]), got {models_raw!r}")
+    models: dict[str, dict[str, Any]] = {}
+    for name, opts in models_raw.items():
+        where = f"{path} [models.{name}]"
+        if name not in m["models"]:
+            raise SuiteError(f"{where}: {name!r} is not in [matrix] models; allowed values: "
+                             f"{', '.join(m['models'])}")
+        if not isinstance(opts, dict):
+            raise SuiteError(f"{where}: must be a table of {', '.join(_MODEL_KEYS)}")
+        bad = sorted(set(opts) - set(_MODEL_KEYS))
+        if bad:
+            raise SuiteError(f"{where}: unknown key(s) {', '.join(repr(b) for b in bad)}; allowed keys: "
+                             f"{', '.join(_MODEL_KEYS)}")
+        models[name] = {k: _check_type(where, k, v, _MODEL_KEYS[k]) for k, v in opts.items()}
+        if "weights" in models[name]:
+            models[name]["weights"] = expand_env(models[name]["weights"], where, "weights", require_data)
+    return Suite(name=tables["suite"]["name"], path=path, description=tables["suite"]["description"], matrix=m,
+                 metrics=met, data=data, train=tables["train"], fine_tune=tables["fine_tune"], prune=pr, run=run,
+                 models=models, text=text)
+
+
+def load(path: str | os.PathLike, data_root: str | None = None, require_data: bool = True) -> Suite:
+    """Read and validate the suite file ``path`` (see :func:`loads`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SuiteError(f"{p}: no such suite file (the shipped ones are in suites/: "
+                         f"{', '.join(sorted(s.stem for s in Path('suites').glob('*.toml'))) or 'none here'})")
+    return loads(p.read_text(), str(p), data_root=data_root, require_data=require_data)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _input_size(suite: Suite, model: str) -> list[int]:
+    opts = suite.models.get(model, {})
+    if "input_size" in opts:
+        return list(opts["input_size"])
+    from pybench import data as pdata
+    from pybench import zoo
+
+    if suite.data["name"]:
+        info = pdata.info(suite.data["name"], root=suite.data["root"] or None, **suite.data["options"])
+        return list(info.input_size)
+    return list(zoo.input_size(model))
+
+
+def _num_classes(suite: Suite, model: str) -> int | None:
+    opts = suite.models.get(model, {})
+    if "num_classes" in opts:
+        return opts["num_classes"]
+    if suite.data["name"]:
+        from pybench import data as pdata
+
+        return pdata.info(suite.data["name"], root=suite.data["root"] or None, **suite.data["options"]).num_classes
+    return None
+
+
+def expand(suite: Suite) -> list[Cell]:
+    """All cells of ``suite`` in run order: by model, seed, then level (dense first), criterion, schedule, then
+    batch size, dtype, device."""
+    m = suite.matrix
+    cells: list[Cell] = []
+    data_id = {k: v for k, v in suite.data.items() if k != "root"}  # where the data lives is not what is measured
+    for model in m["models"]:
+        opts = suite.models.get(model, {})
+        model_cfg = {"kwargs": opts.get("kwargs", {}), "input_size": _input_size(suite, model),
+                     "num_classes": _num_classes(suite, model), "weights": opts.get("weights")}
+        for seed in m["seeds"]:
+            for level in m["levels"]:
+                combos = [("none", "none")] if level == 0 else [(c, s) for c in m["criteria"] for s in m["schedules"]]
+                for criterion, schedule in combos:
+                    shaping = {
+                        "model": model, "model_config": model_cfg, "criterion": criterion, "schedule": schedule,
+                        "level": level, "seed": seed, "data": data_id, "train": suite.train,
+                        "fine_tune": suite.fine_tune if level > 0 else None,
+                        "prune": None if level == 0 else {
+                            **{k: v for k, v in suite.prune.items() if k != "schedule_options"},
+                            "schedule_options": suite.prune["schedule_options"].get(schedule, {})},
+                    }
+                    group_id = _digest(shaping)
+                    for bs in m["batch_sizes"]:
+                        for dtype in m["dtypes"]:
+                            for device in m["devices"]:
+                                ident = {**shaping, "batch_size": bs, "dtype": dtype, "device": device}
+                                config = {**copy.deepcopy(ident), "suite": suite.name,
+                                          "data_root": suite.data["root"], "metrics": suite.metrics,
+                                          "timeout_s": suite.run["timeout_s"]}
+                                cells.append(Cell(_digest(ident), group_id, config))
+    return cells
+
+
+def parse_filter(exprs: list[str] | None) -> dict[str, list[str]]:
+    """``["model=cifar_*", "level=0,0.5"]`` -> {key: [patterns]}; keys AND together, commas are alternatives."""
+    out: dict[str, list[str]] = {}
+    for expr in exprs or []:
+        for part in expr.split(";"):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" not in part:
+                raise SuiteError(f"--filter {expr!r}: expected KEY=VALUE[,VALUE...] with KEY one of "
+                                 f"{', '.join(FILTER_KEYS)}")
+            key, _, value = part.partition("=")
+            key = key.strip()
+            if key not in FILTER_KEYS:
+                raise SuiteError(f"--filter {expr!r}: unknown key {key!r}; allowed keys: {', '.join(FILTER_KEYS)}")
+            out.setdefault(key, []).extend(v.strip() for v in value.split(",") if v.strip())
+    return out
+
+
+def _matches(value: Any, patterns: list[str]) -> bool:
+    for pat in patterns:
+        if isinstance(value, float):
+            try:
+                if float(pat) == value:
+                    return True
+            except ValueError:
+                pass
+        if fnmatch.fnmatchcase(str(value), pat):
+            return True
+    return False
+
+
+def filter_cells(cells: list[Cell], exprs: list[str] | dict[str, list[str]] | None) -> list[Cell]:
+    """The cells matching every key of the filter (glob patterns; numbers compare by value)."""
+    f = exprs if isinstance(exprs, dict) else parse_filter(exprs)
+    out = []
+    for c in cells:
+        values = {**c.config, "cell_id": c.cell_id, "group_id": c.group_id}
+        if all(_matches(values[k], pats) for k, pats in f.items()):
+            out.append(c)
+    return out

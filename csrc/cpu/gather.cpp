@@ -42,6 +42,11 @@ void gather(const E* src, E* dst, int64_t rows, int64_t cols, int64_t inner, con
         std::memcpy(to, row, sizeof(E) * cols * inner);
       } else if (inner == 1) {
         for (int64_t i = 0; i < n_in; ++i) to[i] = row[in[i]];
+      } else if (inner <= 16) {  // 3x3 / 5x5 filters: a call to memcpy per run costs more than the copy
+        for (int64_t i = 0; i < n_in; ++i) {
+          const E* from = row + in[i] * inner;
+          for (int64_t k = 0; k < inner; ++k) to[i * inner + k] = from[k];
+        }
       } else {
         for (int64_t i = 0; i < n_in; ++i) std::memcpy(to + i * inner, row + in[i] * inner, sizeof(E) * inner);
       }

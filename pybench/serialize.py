@@ -1,0 +1,128 @@
+"""``save(pruned, path)`` / ``load(path)``: a pruned model from a file alone, without unpickling code.
+
+The file is a ``torch.save`` of plain data, readable by ``torch.load(weights_only=True)``::
+
+    {"format": "pybench.pruned/1", "spec": "<json>", "state_dict": {name: tensor}}
+
+``spec`` says how to rebuild the base model -- a zoo name and its kwargs (``model.pybench_spec``, set by
+``pb.zoo.create``), or an importable ``"module:callable"`` with JSON kwargs for user models -- and lists every
+module's size attributes (``in_channels``, ``out_channels``, ``groups``, ``num_features``, ``in_features``,
+``normalized_shape``...). ``load`` rebuilds the base model, resizes each module to those attributes and to the
+saved tensors' shapes (the timm ``_prune.py`` precedent), then loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["load", "save"]
+
+FORMAT = "pybench.pruned/1"
+SIZE_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features",
+              "normalized_shape", "num_channels", "num_groups", "num_parameters")
+
+
+def _base_spec(model: nn.Module, spec: dict | str | None, kwargs: dict | None) -> dict:
+    if spec is None:
+        spec = getattr(model, "pybench_spec", None)
+        if spec is None:
+            raise ValueError("save needs to know how to rebuild the base model: create it with pb.zoo.create (which "
+                             "sets model.pybench_spec) or pass spec='package.module:callable' (and kwargs=...)")
+    if isinstance(spec, str):
+        if ":" not in spec:
+            raise ValueError(f"spec must be 'package.module:callable', got {spec!r}")
+        spec = {"callable": spec, "kwargs": dict(kwargs or {})}
+    if not isinstance(spec, dict) or not ("name" in spec or "callable" in spec):
+        raise ValueError(f"spec must be a dict with 'name' (zoo) or 'callable', and 'kwargs'; got {spec!r}")
+    spec = {k: v for k, v in spec.items() if k in ("name", "callable", "kwargs")}
+    spec.setdefault("kwargs", {})
+    try:
+        json.dumps(spec)
+    except TypeError as exc:
+        raise ValueError(f"the base model's spec must be JSON-serialisable: {exc}") from exc
+    return spec
+
+
+def _attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, m in model.named_modules():
+        values = {a: getattr(m, a) for a in SIZE_ATTRS if isinstance(getattr(m, a, None), (int, tuple, list))}
+        if values:
+            out[name] = {"type": type(m).__name__,
+                         "attrs": {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
+    return out
+
+
+def save(model: nn.Module, path: str | os.PathLike, spec: dict | str | None = None,
+         kwargs: dict | None = None) -> None:
+    """Write ``model`` (pruned or not) to ``path``.
+
+    Args:
+        model: made by ``pb.zoo.create`` (possibly pruned by ``pb.apply``), or any model with ``spec``.
+        spec: how to rebuild the base model: ``"package.module:callable"`` (called with ``kwargs``) or a dict
+            ``{"name": zoo name, "kwargs": {...}}``; defaults to ``model.pybench_spec``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    doc = {"base": _base_spec(model, spec, kwargs), "modules": _attrs(model)}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save({"format": FORMAT, "spec": json.dumps(doc), "state_dict": state}, path)
+
+
+def _build_base(base: dict) -> nn.Module:
+    if "name" in base:
+        from pybench import zoo
+
+        model = zoo.create(base["name"], **base["kwargs"])
+    else:
+        module_name, _, attr = base["callable"].partition(":")
+        fn = importlib.import_module(module_name)
+        for part in attr.split("."):
+            fn = getattr(fn, part)
+        model = fn(**base["kwargs"])
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the base model builder {base} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _resize(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    own = dict(model.state_dict(keep_vars=True))
+    for key, t in state.items():
+        cur = own.get(key)
+        if cur is None or tuple(cur.shape) == tuple(t.shape):
+            continue
+        owner_name, _, attr = key.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        empty = torch.empty(t.shape, dtype=t.dtype)
+        if isinstance(cur, nn.Parameter):
+            setattr(owner, attr, nn.Parameter(empty, requires_grad=cur.requires_grad))
+        else:
+            owner.register_buffer(attr, empty, persistent=attr not in owner._non_persistent_buffers_set)
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> nn.Module:
+    """Rebuild the model saved by :func:`save` (eval mode); only tensors and JSON are read from the file."""
+    blob = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a pybench pruned-model file (expected format {FORMAT!r})")
+    doc = json.loads(blob["spec"])
+    model = _build_base(doc["base"])
+    modules = dict(model.named_modules())
+    for name, entry in doc["modules"].items():
+        m = modules.get(name)
+        if m is None or type(m).__name__ != entry["type"]:
+            found = "missing" if m is None else type(m).__name__
+            raise ValueError(f"{path}: module {name!r} should be a {entry['type']} but the rebuilt base model has "
+                             f"{found}; the base model's code or kwargs changed since it was saved")
+        for k, v in entry["attrs"].items():
+            setattr(m, k, tuple(v) if isinstance(v, list) else v)
+    _resize(model, blob["state_dict"])
+    model.load_state_dict(blob["state_dict"], strict=True)
+    model.pybench_spec = doc["base"] if "name" in doc["base"] else None
+    return model.eval()

@@ -81,7 +81,7 @@ def _tables(df: Any, tablefmt: str) -> list[tuple[str, str]]:
                          _fmt(r.get("top1"), "acc")])
         out.append(("Dense baselines", tabulate(rows, headers=["model", "batch", "dtype", "device", "p50 ms", "noise",
                                                                "items/s", "peak MiB", "MMACs", "params", "top-1 %"],
-                                                tablefmt=tablefmt)))
+                                                tablefmt=tablefmt, disable_numparse=True)))
     for model in sorted(a["model"].unique()) if len(a) else []:
         m = a[a["model"] == model].sort_values(["criterion", "schedule", "level", "device", "dtype", "batch_size"])
         rows = []
@@ -94,7 +94,8 @@ def _tables(df: Any, tablefmt: str) -> list[tuple[str, str]]:
         out.append((f"{model}: pruned vs dense",
                     tabulate(rows, headers=["criterion", "schedule", "level", "batch", "dtype", "device", "p50 ms",
                                             "speedup", "MACs speedup", "memory saved", "MACs removed",
-                                            "params removed", "top-1 %", "top-1 change (pts)"], tablefmt=tablefmt)))
+                                            "params removed", "top-1 %", "top-1 change (pts)"], tablefmt=tablefmt,
+                             disable_numparse=True)))
     failed = df[df["status"] != "ok"]
     if len(failed):
         rows = []
@@ -103,8 +104,9 @@ def _tables(df: Any, tablefmt: str) -> list[tuple[str, str]]:
             lvl = "dense" if r["level"] == 0 else f"{r['criterion']}/{r['schedule']}@{r['level']:g}"
             rows.append([r["cell_id"], r["model"], lvl, r["batch_size"], r["dtype"], r["device"],
                          (err[0] if err else "")[:160]])
-        out.append((f"Failed cells ({len(failed)})", tabulate(rows, headers=["cell", "model", "what", "batch", "dtype",
-                                                                            "device", "error"], tablefmt=tablefmt)))
+        table = tabulate(rows, headers=["cell", "model", "what", "batch", "dtype", "device", "error"],
+                         tablefmt=tablefmt, disable_numparse=True)
+        out.append((f"Failed cells ({len(failed)})", table))
     return out
 
 
@@ -118,7 +120,7 @@ def _runs_table(df: Any, tablefmt: str) -> str:
                      first.get("torch"), (first.get("git_commit") or "")[:10], int((g["status"] == "ok").sum()),
                      int((g["status"] != "ok").sum())])
     return tabulate(rows, headers=["run", "suite", "host", "CPU", "GPU", "torch", "commit", "ok", "failed"],
-                    tablefmt=tablefmt)
+                    tablefmt=tablefmt, disable_numparse=True)
 
 
 def markdown(df: Any, title: str = "pybench report") -> str:

@@ -582,6 +582,21 @@ def measure_cell(model: Any, cfg: dict[str, Any], accuracy: dict[str, Any] | Non
     return metrics, details
 
 
+def _inject_fault(cell_id: str) -> None:
+    """Test hook: PYBENCH_FAULT="crash:ID" / "hang:ID" / "raise:ID" (ID a cell id prefix) makes this worker die by
+    SIGKILL (as the OOM killer would), hang, or raise while measuring that cell — how the tests prove isolation."""
+    spec = os.environ.get("PYBENCH_FAULT", "")
+    for part in filter(None, spec.split(";")):
+        kind, _, prefix = part.partition(":")
+        if prefix and cell_id.startswith(prefix):
+            if kind == "crash":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif kind == "hang":
+                time.sleep(3600)
+            elif kind == "raise":
+                raise RuntimeError(f"injected fault for cell {cell_id}")
+
+
 def _worker_main(folder: str) -> int:
     """Read a job from stdin, send messages on the original stdout; everything else printed goes to stderr."""
     proto = os.fdopen(os.dup(1), "w", buffering=1)
@@ -626,6 +641,7 @@ def _worker_main(folder: str) -> int:
                    "status": "ok", "error": None, "config": c["config"], "achieved": achieved, "metrics": {},
                    "details": {"accuracy": acc} if acc else {}, "environment": env, "started": started}
             try:
+                _inject_fault(c["cell_id"])
                 rec["metrics"], details = measure_cell(model, c["config"], acc)
                 rec["details"].update(details)
             except Exception as e:

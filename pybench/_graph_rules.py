@@ -354,6 +354,12 @@ def shuffle_module_rule(ctx: TraceContext, name: str, m: nn.Module, x: torch.Ten
     n, c = x.shape[0], x.shape[1]
     g = m.groups
     s = _shape(x)
+    if len(vary_axes(d)) != 1 or d.shape[1] != c or c % g:
+        ctx.pin(d, f"{name} (ChannelShuffle): channels spread over several axes")
+        return None
+    grid = along(d, 1, c).reshape(g, c // g)
+    for row in grid[1:]:  # the shuffle is redone on what is left: remove whole columns (one channel per group)
+        ctx.union(grid[0], row, f"{name} (ChannelShuffle): shuffles channels")
     mid = reshape(d, s, (n, g, c // g) + s[2:])
     if mid is None:
         return None

@@ -103,10 +103,34 @@ def _keep_count(n: int, remove: int, parts: int, round_to: int, min_channels: in
     return keep_per * parts, clamped
 
 
+def _protected(g: Group, s: np.ndarray) -> np.ndarray:
+    """Per member holding only part of the group (e.g. one branch of a concat inside a residual group): its best
+    channel, so that no layer is pruned away."""
+    best = []
+    for mb in g.members:
+        if mb.kind == "module" and mb.role != "out":
+            continue
+        units = np.unique(mb.unit_of_index[mb.unit_of_index >= 0])
+        if 0 < units.size < g.size:
+            best.append(units[np.argmax(s[units])])
+    return np.unique(np.asarray(best, dtype=np.int64))
+
+
 def _choose(g: Group, s: np.ndarray, keep: int) -> np.ndarray:
-    """The ``keep`` best channels of ``g`` by score ``s`` (equal numbers per partition)."""
+    """The ``keep`` best channels of ``g`` by score ``s`` (equal numbers per partition); every member keeps one."""
     if keep >= g.size:
         return np.arange(g.size)
+    if g.blocks == 1:
+        must = _protected(g, s)
+        if must.size:
+            order = np.argsort(-s, kind="stable")
+            chosen = np.zeros(g.size, dtype=bool)
+            chosen[must] = True
+            for i in order:
+                if chosen.sum() >= keep:
+                    break
+                chosen[i] = True
+            return np.nonzero(chosen)[0]
     if g.blocks > 1:
         per = keep // g.blocks
         chosen = []

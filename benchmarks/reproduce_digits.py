@@ -3,6 +3,9 @@ pruning to 50 % of its MACs with every criterion plus 2 fine-tune epochs, and Wa
 
     python benchmarks/reproduce_digits.py --out results/reproductions        # writes digits_criteria.md / .json
 
+On a busy machine, split it: train once (``--dense FILE`` saves / reuses the dense weights), run parts in parallel
+(``--only l1,l2 --parts DIR``, ``--only gradual --parts DIR``), then ``--merge DIR --out results/reproductions``.
+
 The same functions run in tests/test_reproductions.py.
 """
 
@@ -35,11 +38,17 @@ def loaders(seed: int = 0) -> Any:
     return pb.data.loaders("digits", batch_size=64, seed=seed, eval_batch_size=256)
 
 
-def train_dense(ld: Any, seed: int = 0) -> torch.nn.Module:
-    """cifar_resnet20 (10 classes) trained on the digits train split with :data:`TRAIN`."""
+def train_dense(ld: Any, seed: int = 0, cache: str | None = None) -> torch.nn.Module:
+    """cifar_resnet20 (10 classes) trained on the digits train split with :data:`TRAIN` (weights reused from /
+    saved to ``cache`` when given)."""
     torch.manual_seed(seed)
     m = pb.zoo.create("cifar_resnet20", num_classes=10)
+    if cache and os.path.exists(cache):
+        m.load_state_dict(torch.load(cache, weights_only=True))
+        return m.eval()
     pb.train.train(m, ld.train, seed=seed, progress=False, **TRAIN)
+    if cache:
+        torch.save(m.state_dict(), cache)
     return m.eval()
 
 
@@ -50,9 +59,9 @@ def calibration(ld: Any, n: int) -> DataLoader:
 
 
 def criterion_options(name: str, ld: Any) -> tuple[Any, dict[str, Any]]:
-    """(data, options) per criterion: 128 calibration images; LFE (10 x N masks per group, P = 0.3) on 32."""
+    """(data, options) per criterion: 128 calibration images; LFE (10 x N masks per group, P = 0.3) on 16."""
     if name == "lfe":
-        return calibration(ld, 32), {"fraction": 0.3}
+        return calibration(ld, 16), {"fraction": 0.3}
     if name in pybench.criteria_data.DATA_CRITERIA:
         return calibration(ld, 128), {}
     return None, {}
@@ -65,7 +74,7 @@ def one_shot_row(model: torch.nn.Module, ld: Any, criterion: str, macs_target: f
     pruned, hist = schedules.one_shot(model, X1, macs_target=macs_target, criterion=criterion, data=data,
                                       criterion_kw=kw, train_loader=ld.train, val_loader=ld.val,
                                       fine_tune_epochs=epochs, fine_tune_kw={**FINE_TUNE, "seed": 0},
-                                      progress=False)
+                                      search_steps=10, progress=False)
     test = pb.train.evaluate(pruned, ld.test)
     return {"criterion": criterion, "test_top1": test["top1"], "val_top1": hist[1]["accuracy"],
             "macs_kept": hist[1]["macs"] / hist[0]["macs"], "params_kept": hist[1]["params"] / hist[0]["params"],
@@ -104,7 +113,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"Produced by `python benchmarks/reproduce_digits.py` ({result['env']}). Dense model: test top-1 "
         f"{100 * d['test_top1']:.2f} %, val {100 * d['val_top1']:.2f} %, {d['macs']:,} MACs, {d['params']:,} "
         f"params (trained {TRAIN}). Fine-tuning: SGD {FINE_TUNE}, 2 epochs. Data-driven criteria: the first 128 "
-        "training images (LFE: the first 32, 10 x N masks per group, P = 0.3). Local scope, channel ratio found by "
+        "training images (LFE: the first 16, 10 x N masks per group, P = 0.3). Local scope, channel ratio found by "
         "bisection so that MACs kept <= 50 %.",
         "",
         tabulate(rows, headers=["criterion", "test top-1 %", "val top-1 %", "MACs kept %", "params kept %",
@@ -120,18 +129,22 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(out_dir: str | None = None, criteria: tuple[str, ...] = CRITERIA, seed: int = 0) -> dict[str, Any]:
+def dense_record(model: torch.nn.Module, ld: Any, t0: float) -> dict[str, Any]:
+    rep = pb.measure.flops(model, X1)
+    return {"test_top1": pb.train.evaluate(model, ld.test)["top1"],
+            "val_top1": pb.train.evaluate(model, ld.val)["top1"],
+            "macs": rep.total_macs, "params": rep.params, "train_s": time.perf_counter() - t0}
+
+
+def run(out_dir: str | None = None, criteria: tuple[str, ...] = CRITERIA, seed: int = 0,
+        dense_cache: str | None = None) -> dict[str, Any]:
     torch.manual_seed(seed)
     ld = loaders(seed)
     t0 = time.perf_counter()
-    model = train_dense(ld, seed)
-    rep = pb.measure.flops(model, X1)
-    dense = {"test_top1": pb.train.evaluate(model, ld.test)["top1"],
-             "val_top1": pb.train.evaluate(model, ld.val)["top1"],
-             "macs": rep.total_macs, "params": rep.params, "train_s": time.perf_counter() - t0}
+    model = train_dense(ld, seed, dense_cache)
+    dense = dense_record(model, ld, t0)
     print(f"dense: {dense}", flush=True)
-    env = (f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-           f"{torch.get_num_threads()} threads, seed {seed}")
+    env = _env(seed)
     result: dict[str, Any] = {"dense": dense, "one_shot": [], "gradual_global": None, "env": env}
     for c in criteria:
         result["one_shot"].append(one_shot_row(model, ld, c))
@@ -139,6 +152,43 @@ def run(out_dir: str | None = None, criteria: tuple[str, ...] = CRITERIA, seed: 
         print(f"{c}: test {r['test_top1']:.4f} MACs kept {r['macs_kept']:.3f} ({r['time_s']:.0f} s)", flush=True)
         _write(out_dir, result)  # partial results survive an interrupted run
     result["gradual_global"] = gradual_row(model, ld)
+    _write(out_dir, result)
+    return result
+
+
+def _env(seed: int) -> str:
+    return (f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads, seed {seed}")
+
+
+def run_part(parts: str, only: tuple[str, ...], seed: int, dense_cache: str) -> None:
+    """Rows for ``only`` (criteria, or "gradual" / "dense"), each written to ``parts/<name>.json``."""
+    os.makedirs(parts, exist_ok=True)
+    ld = loaders(seed)
+    t0 = time.perf_counter()
+    model = train_dense(ld, seed, dense_cache)
+    for name in only:
+        if name == "dense":
+            row: dict[str, Any] = dense_record(model, ld, t0)
+        elif name == "gradual":
+            row = gradual_row(model, ld)
+        else:
+            row = one_shot_row(model, ld, name)
+        with open(os.path.join(parts, f"{name}.json"), "w") as f:
+            json.dump(row, f, indent=1, default=float)
+        print(name, {k: v for k, v in row.items() if k != "history"}, flush=True)
+
+
+def merge(parts: str, out_dir: str, seed: int) -> dict[str, Any]:
+    def load(name: str) -> Any:
+        path = os.path.join(parts, f"{name}.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    result = {"dense": load("dense"), "one_shot": [r for r in map(load, CRITERIA) if r is not None],
+              "gradual_global": load("gradual"), "env": _env(seed)}
     _write(out_dir, result)
     return result
 
@@ -158,6 +208,16 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="results/reproductions")
     ap.add_argument("--criteria", default=",".join(CRITERIA))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dense", default=None, help="file to save / reuse the dense weights")
+    ap.add_argument("--only", default=None, help="with --parts: criteria, 'dense' or 'gradual' to run")
+    ap.add_argument("--parts", default=None, help="folder for per-part JSON files")
+    ap.add_argument("--merge", default=None, help="merge the parts in this folder into --out")
     a = ap.parse_args()
-    res = run(a.out, tuple(a.criteria.split(",")), a.seed)
-    print(to_markdown(res))
+    if a.merge:
+        print(to_markdown(merge(a.merge, a.out, a.seed)))
+    elif a.only:
+        if not (a.parts and a.dense):
+            ap.error("--only needs --parts and --dense")
+        run_part(a.parts, tuple(a.only.split(",")), a.seed, a.dense)
+    else:
+        print(to_markdown(run(a.out, tuple(a.criteria.split(",")), a.seed, a.dense)))

@@ -416,6 +416,7 @@ class _Context:
             train.train(model, ld.train, t["epochs"], lr=t["lr"], momentum=t["momentum"],
                         weight_decay=t["weight_decay"], optimizer=t["optimizer"], scheduler=t["scheduler"] or None,
                         seed=cfg["seed"], max_batches=t["max_batches"] or None, progress=False, device="cpu")
+            recalibrate_bn(model, ld.train, t["bn_recalibrate_batches"])
             info.update(trained=True, train_s=time.perf_counter() - t0)
             buf = _state_bytes(model.state_dict())
             _atomic_write(path, buf)
@@ -425,6 +426,34 @@ class _Context:
         info.update(params=fl.params, macs=fl.total_macs)
         self._dense[key] = (model, info)
         return model, info
+
+
+def recalibrate_bn(model: Any, loader: Any, batches: int) -> None:
+    """Re-estimate BatchNorm running statistics over ``batches`` training batches (cumulative average, no grad).
+
+    After a short training or fine-tune the running statistics lag the weights (a model scoring well in train mode
+    and at chance in eval mode); one cheap pass fixes that. (This belongs in pybench.train; it lives here until
+    train has it.)"""
+    import torch
+    from torch import nn
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or batches <= 0:
+        return
+    saved = [(m, m.momentum) for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the pass
+    model.train()
+    try:
+        with torch.no_grad():
+            for _, (x, _y) in zip(range(batches), loader, strict=False):
+                model(x)
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        model.train(was_training)
 
 
 def _state_bytes(obj: Any) -> bytes:
@@ -463,22 +492,46 @@ def prune_model(dense: Any, cfg: dict[str, Any], loaders: Any) -> Any:
     if loaders is not None and p["calibration_batches"] > 0:
         data = [b for _, b in zip(range(p["calibration_batches"]), loaders.train, strict=False)]
     kw = {"scope": p["scope"], "round_to": p["round_to"], "min_channels": p["min_channels"],
-          "ignore": tuple(p["ignore"]), **p["criterion_options"]}
+          "ignore": tuple(p["ignore"])}
     if cfg["schedule"] == "one_shot":
-        out = pipeline.prune(dense, x, ratio=cfg["level"], criterion=cfg["criterion"], data=data, **kw)
+        out = pipeline.prune(dense, x, ratio=cfg["level"], criterion=cfg["criterion"], data=data, **kw,
+                             **p["criterion_options"])
     else:
-        try:
-            from pybench import schedules
-        except ImportError as e:
-            raise RuntimeError(f"schedule {cfg['schedule']!r} needs pybench.schedules, which is not importable here: "
-                               f"{e}") from None
-        fn = getattr(schedules, cfg["schedule"], None)
-        if fn is None:
-            raise RuntimeError(f"pybench.schedules has no {cfg['schedule']!r}")
-        extra = {"data": data, "train_loader": loaders.train if loaders else None,
-                 "val_loader": loaders.val if loaders else None, **kw, **p["schedule_options"]}
-        out = fn(dense, x, ratio=cfg["level"], criterion=cfg["criterion"], **_accepts(fn, extra))
+        out = _schedule(dense, x, cfg, data, loaders, kw)
     return out[0] if isinstance(out, tuple) else out
+
+
+def _ft_kw(ft: dict[str, Any] | None) -> dict[str, Any]:
+    if not ft:
+        return {}
+    return {"lr": ft["lr"], "momentum": ft["momentum"], "weight_decay": ft["weight_decay"],
+            "optimizer": ft["optimizer"], "scheduler": ft["scheduler"] or None,
+            "max_batches": ft["max_batches"] or None}
+
+
+def _schedule(dense: Any, x: Any, cfg: dict[str, Any], data: Any, loaders: Any, kw: dict[str, Any]) -> Any:
+    """Run a pybench.schedules schedule. ``level`` is its ``ratio``; for layerwise_alpha (no ratio) it becomes
+    ``macs_target = 1 - level``; gradual_global stops at its accuracy ``target`` ([prune] schedule_options). The
+    schedule fine-tunes between its steps with the suite's [fine_tune] settings."""
+    from pybench import schedules
+
+    name = cfg["schedule"]
+    fn = getattr(schedules, name, None)
+    if fn is None:
+        raise RuntimeError(f"pybench.schedules has no {name!r} (it has {', '.join(schedules.__all__)})")
+    params = inspect.signature(fn).parameters
+    ft = cfg.get("fine_tune") or {}
+    extra: dict[str, Any] = {"criterion": cfg["criterion"], "data": data, "progress": False,
+                             "train_loader": loaders.train if loaders else None,
+                             "val_loader": (loaders.val or loaders.test) if loaders else None,
+                             "fine_tune_epochs": ft.get("epochs", 0), "fine_tune_kw": _ft_kw(ft),
+                             "criterion_kw": cfg["prune"]["criterion_options"] or None, **kw}
+    if "ratio" in params:
+        extra["ratio"] = cfg["level"]
+    elif "macs_target" in params:
+        extra["macs_target"] = 1 - cfg["level"]
+    extra.update(cfg["prune"]["schedule_options"])
+    return fn(dense, x, **{k: v for k, v in extra.items() if k in params})
 
 
 def _pruned(ctx: _Context, cfg: dict[str, Any], group_id: str) -> tuple[Any, Any, dict[str, Any]]:
@@ -504,12 +557,13 @@ def _pruned(ctx: _Context, cfg: dict[str, Any], group_id: str) -> tuple[Any, Any
             model = prune_model(dense, cfg, loaders)
             info["prune_s"] = time.perf_counter() - t0
             ft = cfg["fine_tune"]
-            if ft and ft["epochs"] > 0:
+            if ft and ft["epochs"] > 0 and cfg["schedule"] == "one_shot":  # the others fine-tune inside
                 t0 = time.perf_counter()
                 train.fine_tune(model, loaders.train, ft["epochs"], lr=ft["lr"], momentum=ft["momentum"],
                                 weight_decay=ft["weight_decay"], optimizer=ft["optimizer"],
                                 scheduler=ft["scheduler"] or None, seed=cfg["seed"],
                                 max_batches=ft["max_batches"] or None, progress=False, device="cpu")
+                recalibrate_bn(model, loaders.train, ft["bn_recalibrate_batches"])
                 info["fine_tune_s"] = time.perf_counter() - t0
             with contextlib.suppress(Exception):  # a model that does not pickle is simply not cached
                 _atomic_write(path, _state_bytes(model))
@@ -583,12 +637,12 @@ def measure_cell(model: Any, cfg: dict[str, Any], accuracy: dict[str, Any] | Non
 
 
 def _inject_fault(cell_id: str) -> None:
-    """Test hook: PYBENCH_FAULT="crash:ID" / "hang:ID" / "raise:ID" (ID a cell id prefix) makes this worker die by
+    """Test hook: PYBENCH_FAULT="crash:ID" / "hang:ID" / "raise:ID" (ID a cell id prefix, or *) makes this worker die by
     SIGKILL (as the OOM killer would), hang, or raise while measuring that cell — how the tests prove isolation."""
     spec = os.environ.get("PYBENCH_FAULT", "")
     for part in filter(None, spec.split(";")):
         kind, _, prefix = part.partition(":")
-        if prefix and cell_id.startswith(prefix):
+        if prefix == "*" or (prefix and cell_id.startswith(prefix)):
             if kind == "crash":
                 os.kill(os.getpid(), signal.SIGKILL)
             elif kind == "hang":

@@ -54,9 +54,11 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "data": {"name": (str, ""), "root": (str, ""), "batch_size": (int, 64), "eval_batch_size": (int, 256),
              "options": (dict, {})},
     "train": {"epochs": (int, 0), "lr": (float, 0.05), "momentum": (float, 0.9), "weight_decay": (float, 0.0),
-              "optimizer": (str, "sgd"), "scheduler": (str, ""), "max_batches": (int, 0)},
+              "optimizer": (str, "sgd"), "scheduler": (str, ""), "max_batches": (int, 0),
+              "bn_recalibrate_batches": (int, 0)},
     "fine_tune": {"epochs": (int, 0), "lr": (float, 0.01), "momentum": (float, 0.9), "weight_decay": (float, 0.0),
-                  "optimizer": (str, "sgd"), "scheduler": (str, ""), "max_batches": (int, 0)},
+                  "optimizer": (str, "sgd"), "scheduler": (str, ""), "max_batches": (int, 0),
+                  "bn_recalibrate_batches": (int, 0)},
     "prune": {"scope": (str, "local"), "round_to": (int, 1), "min_channels": (int, 1), "ignore": (list, []),
               "calibration_batches": (int, 4), "example_batch_size": (int, 1), "criterion_options": (dict, {}),
               "schedule_options": (dict, {})},
@@ -322,12 +324,21 @@ def _num_classes(suite: Suite, model: str) -> int | None:
     return None
 
 
+def _nondefault(table: str, values: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The keys of ``values`` that differ from the schema's defaults: a key added to pybench later (with a default)
+    does not change the ids of cells measured before it existed."""
+    if values is None:
+        return None
+    schema = _SCHEMA[table]
+    return {k: v for k, v in values.items() if k not in schema or v != schema[k][1]}
+
+
 def expand(suite: Suite) -> list[Cell]:
     """All cells of ``suite`` in run order: by model, seed, then level (dense first), criterion, schedule, then
     batch size, dtype, device."""
     m = suite.matrix
     cells: list[Cell] = []
-    data_id = {k: v for k, v in suite.data.items() if k != "root"}  # where the data lives is not what is measured
+    data_cfg = {k: v for k, v in suite.data.items() if k != "root"}  # where the data lives is not what is measured
     for model in m["models"]:
         opts = suite.models.get(model, {})
         model_cfg = {"kwargs": opts.get("kwargs", {}), "input_size": _input_size(suite, model),
@@ -336,23 +347,26 @@ def expand(suite: Suite) -> list[Cell]:
             for level in m["levels"]:
                 combos = [("none", "none")] if level == 0 else [(c, s) for c in m["criteria"] for s in m["schedules"]]
                 for criterion, schedule in combos:
-                    shaping = {
-                        "model": model, "model_config": model_cfg, "criterion": criterion, "schedule": schedule,
-                        "level": level, "seed": seed, "data": data_id, "train": suite.train,
-                        "fine_tune": suite.fine_tune if level > 0 else None,
-                        "prune": None if level == 0 else {
-                            **{k: v for k, v in suite.prune.items() if k != "schedule_options"},
-                            "schedule_options": suite.prune["schedule_options"].get(schedule, {})},
-                    }
-                    group_id = _digest(shaping)
+                    prune = None if level == 0 else {
+                        **{k: v for k, v in suite.prune.items() if k != "schedule_options"},
+                        "schedule_options": suite.prune["schedule_options"].get(schedule, {})}
+                    shaping = {"model": model, "model_config": model_cfg, "criterion": criterion,
+                               "schedule": schedule, "level": level, "seed": seed, "data": data_cfg,
+                               "train": suite.train, "fine_tune": suite.fine_tune if level > 0 else None,
+                               "prune": prune}
+                    ident_shaping = {**shaping, "data": _nondefault("data", data_cfg),
+                                     "train": _nondefault("train", suite.train),
+                                     "fine_tune": _nondefault("fine_tune", shaping["fine_tune"]),
+                                     "prune": _nondefault("prune", prune)}
+                    group_id = _digest(ident_shaping)
                     for bs in m["batch_sizes"]:
                         for dtype in m["dtypes"]:
                             for device in m["devices"]:
-                                ident = {**shaping, "batch_size": bs, "dtype": dtype, "device": device}
-                                config = {**copy.deepcopy(ident), "suite": suite.name,
+                                where = {"batch_size": bs, "dtype": dtype, "device": device}
+                                config = {**copy.deepcopy(shaping), **where, "suite": suite.name,
                                           "data_root": suite.data["root"], "metrics": suite.metrics,
                                           "timeout_s": suite.run["timeout_s"]}
-                                cells.append(Cell(_digest(ident), group_id, config))
+                                cells.append(Cell(_digest({**ident_shaping, **where}), group_id, config))
     return cells
 
 

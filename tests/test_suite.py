@@ -116,3 +116,10 @@ def test_shipped_suites_validate_and_expand(path):
     assert cells and any(c.level == 0 for c in cells)
     for model in s.matrix["models"]:  # every model has its dense baseline
         assert any(c.model == model and c.level == 0 for c in cells)
+
+
+def test_spelling_out_a_default_keeps_the_cell_ids():
+    a = [c.cell_id for c in S.expand(S.loads(TINY, "a.toml"))]
+    b = [c.cell_id for c in S.expand(S.loads(TINY + "[train]\nepochs = 0\nbn_recalibrate_batches = 0\n"
+                                             "[prune]\nscope = \"local\"\n", "b.toml"))]
+    assert a == b

@@ -307,6 +307,9 @@ def _input_size(suite: Suite, model: str) -> list[int]:
     from pybench import data as pdata
     from pybench import zoo
 
+    if suite.data["name"] == "imagefolder":  # no need to list the folder (which may not be there for --dry-run)
+        size = suite.data["options"].get("image_size", 224)
+        return [3, size, size]
     if suite.data["name"]:
         info = pdata.info(suite.data["name"], root=suite.data["root"] or None, **suite.data["options"])
         return list(info.input_size)

@@ -138,7 +138,7 @@ def test_kill_9_at_random_moments_then_resume(tiny, tmp_path):
         proc = subprocess.Popen(cmd + (["--resume"] if out.exists() else []), cwd=tmp_path, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            proc.wait(timeout=rng.uniform(1.0, 15.0))
+            proc.wait(timeout=rng.uniform(2.0, 25.0))
         except subprocess.TimeoutExpired:
             workers = psutil.Process(proc.pid).children(recursive=True)
             os.kill(proc.pid, signal.SIGKILL)

@@ -276,7 +276,8 @@ def run(suite: Suite, out: str | os.PathLike | None = None, *, resume: bool = Fa
                dynamic_ncols=True)
     try:
         for n, chunk in enumerate(_chunks(rp.todo, suite.run["isolation"])):
-            _run_chunk(folder, store, chunk, run_id, env, float(suite.run["timeout_s"]), bar, summary, say, n)
+            _run_chunk(folder, store, chunk, run_id, env, (float(suite.run["timeout_s"]),
+                       float(suite.run["prepare_timeout_s"])), bar, summary, say, n)
     finally:
         bar.close()
     summary.wall_s = time.perf_counter() - t0
@@ -285,8 +286,11 @@ def run(suite: Suite, out: str | os.PathLike | None = None, *, resume: bool = Fa
     return summary
 
 
-def _run_chunk(folder: Path, store: Store, chunk: list[Cell], run_id: str, env: dict[str, Any], timeout: float,
-               bar: Any, summary: RunSummary, say: Callable[[str], None], n: int) -> None:
+def _run_chunk(folder: Path, store: Store, chunk: list[Cell], run_id: str, env: dict[str, Any],
+               timeouts: tuple[float, float], bar: Any, summary: RunSummary, say: Callable[[str], None],
+               n: int) -> None:
+    """Run ``chunk`` in workers until every cell has a record. ``timeouts``: (per cell measured, per group prepared:
+    training, pruning, fine-tuning — and the worker's start)."""
     remaining = {c.cell_id: c for c in chunk}
     attempt = 0
     while remaining:
@@ -298,12 +302,14 @@ def _run_chunk(folder: Path, store: Store, chunk: list[Cell], run_id: str, env: 
         started: str | None = None
         error: str | None = None
         while True:
+            limit = timeouts[0] if current else timeouts[1]
             try:
-                msg = w.get(timeout)
+                msg = w.get(limit)
             except queue.Empty:
                 w.kill()
-                what = "measuring this cell" if current else "preparing (training / pruning) this cell's group"
-                error = f"timeout: {what} took longer than timeout_s={timeout:g} s; the worker was killed"
+                what = ("measuring this cell", "timeout_s") if current else \
+                    ("preparing (training / pruning) this cell's group", "prepare_timeout_s")
+                error = f"timeout: {what[0]} took longer than {what[1]}={limit:g} s; the worker was killed"
                 break
             if msg is None:
                 reason = w.exit_reason()
@@ -319,6 +325,7 @@ def _run_chunk(folder: Path, store: Store, chunk: list[Cell], run_id: str, env: 
                 current, started = msg["cell_id"], msg.get("time")
                 bar.set_postfix_str(remaining[current].label() if current in remaining else "", refresh=True)
             elif kind == "record":
+                current = None
                 rec = msg["record"]
                 rec["run_id"] = run_id
                 if rec["cell_id"] in remaining:

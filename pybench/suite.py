@@ -62,7 +62,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "prune": {"scope": (str, "local"), "round_to": (int, 1), "min_channels": (int, 1), "ignore": (list, []),
               "calibration_batches": (int, 4), "example_batch_size": (int, 1), "criterion_options": (dict, {}),
               "schedule_options": (dict, {})},
-    "run": {"isolation": (str, "group"), "timeout_s": (float, 900.0)},
+    "run": {"isolation": (str, "group"), "timeout_s": (float, 900.0), "prepare_timeout_s": (float, 7200.0)},
 }
 _MODEL_KEYS = {"kwargs": dict, "input_size": list, "weights": str, "num_classes": int}
 _TABLES = tuple(_SCHEMA) + ("models",)
@@ -261,8 +261,9 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
 
     run = tables["run"]
     _allowed(f"{path} [run]", "isolation", [run["isolation"]], ISOLATION)
-    if run["timeout_s"] <= 0:
-        raise SuiteError(f"{path} [run]: key 'timeout_s' must be > 0 seconds, got {run['timeout_s']}")
+    for key in ("timeout_s", "prepare_timeout_s"):
+        if run[key] <= 0:
+            raise SuiteError(f"{path} [run]: key {key!r} must be > 0 seconds, got {run[key]}")
 
     models_raw = raw.get("models", {})
     if not isinstance(models_raw, dict):

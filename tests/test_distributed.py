@@ -12,16 +12,17 @@ from torch.utils.data import DataLoader, TensorDataset
 from pybench import distributed, train
 
 
-def _model() -> nn.Module:
+def _model(dtype: torch.dtype = torch.float32) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                          nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).to(dtype)
 
 
-def _loader(n: int = 51, batch_size: int = 7, drop_last: bool = False) -> DataLoader:
+def _loader(n: int = 51, batch_size: int = 7, drop_last: bool = False,
+            dtype: torch.dtype = torch.float32) -> DataLoader:
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 3, 8, 8, generator=g)
+    x = torch.randn(n, 3, 8, 8, generator=g).to(dtype)
     y = torch.randint(0, 4, (n,), generator=g)
     # 51 = 7 batches of 7 (split 4 + 3: uneven slices) + one of 2 (1 + 1)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=drop_last,
@@ -51,11 +52,23 @@ def test_two_gloo_processes_equal_one_process(one_process):
     hist = distributed.fine_tune(m, _loader(), 2, nprocs=2, backend="gloo", **KW)
     assert _max_diff(m, start) > 1e-2  # it trained
     diff = _max_diff(m, ref)
-    print(f"2 gloo processes vs 1 process, max |difference| over all weights and BN statistics: {diff:.2e}")
+    print(f"float32: 2 gloo processes vs 1 process, max |difference| over weights and BN statistics: {diff:.2e}")
     for key, v in m.state_dict().items():
         torch.testing.assert_close(v, ref.state_dict()[key], rtol=1e-4, atol=1e-5, msg=key)
     assert m[1].num_batches_tracked.item() == ref[1].num_batches_tracked.item() == 16
     assert len(hist) == len(ref_hist) == 2
+
+
+def test_float64_is_exact():
+    """In float64 the rounding differences vanish: what is left would be an algorithmic difference (a wrong split,
+    a wrong weight, unsynchronised statistics), so the tolerance can be tiny."""
+    ref = _model(torch.float64)
+    train.fine_tune(ref, _loader(dtype=torch.float64), 2, **KW)
+    m = _model(torch.float64)
+    distributed.fine_tune(m, _loader(dtype=torch.float64), 2, nprocs=2, backend="gloo", **KW)
+    diff = _max_diff(m, ref)
+    print(f"float64: 2 gloo processes vs 1 process, max |difference|: {diff:.2e}")
+    assert diff < 1e-10
 
 
 def test_without_synchronised_batchnorm_the_result_differs(one_process):

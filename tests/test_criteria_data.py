@@ -313,3 +313,33 @@ def test_plan_global_none_ranks_raw_scores():
     q = cd.plan_global(g, s, ratio=0.3, normalize_by="mean")
     assert sum(q.kept_counts().values()) == total - int(0.3 * total)
     assert q.keep[g.groups[0]].numel() > 1
+
+
+class _SizeView(torch.nn.Module):
+    """conv -> relu -> conv -> view(x.size(0), -1) -> linear: the batch size is read from a tensor before the
+    masked consumer and used after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        n = x.size(0)
+        h = torch.relu(self.c1(x))
+        return self.fc(torch.relu(self.c2(h)).view(n, -1))
+
+
+def test_lfe_batched_handles_batch_size_read_in_the_prefix():
+    torch.manual_seed(0)
+    m = _SizeView().eval()
+    g = pb.trace(m, torch.randn(1, 3, 8, 8))
+    x = torch.randn(10, 3, 8, 8)
+    dl = DataLoader(TensorDataset(x, m(x).argmax(1).detach()), batch_size=5)
+    for grp in g.groups:  # c1's filters (consumer c2) and c2's (consumer fc, flatten blocks)
+        kw = {"n_masks": 12, "masks_per_forward": 4}
+        a, _, la = cd.lfe_group(m, g, grp, dl, return_losses=True, **kw)
+        b, _, lb = cd.lfe_group(m, g, grp, dl, batched=False, return_losses=True, **kw)
+        torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
+        assert la.std() > 0

@@ -71,19 +71,33 @@ class _NullBar:
         pass
 
 
+def _timeouts(timeout_s: float, prepare_timeout_s: float | None) -> Any:
+    """The runner's chunk loop takes (per cell, per group preparation) timeouts, or one timeout in older versions."""
+    import inspect
+
+    from pybench import runner
+
+    if "timeouts" in inspect.signature(runner._run_chunk).parameters:
+        return float(timeout_s), float(prepare_timeout_s if prepare_timeout_s is not None else timeout_s)
+    return float(timeout_s)
+
+
 def run_cells(folder: str | os.PathLike, cells: Sequence[Cell], run_id: str, env: dict[str, Any], timeout_s: float,
-              emit: Emit, say: Say = _stderr, isolation: str = "group", tag: str = "") -> None:
+              emit: Emit, say: Say = _stderr, isolation: str = "group", tag: str = "",
+              prepare_timeout_s: float | None = None) -> None:
     """Run ``cells`` here, each chunk (per ``isolation``) in a fresh worker subprocess, emitting one record per cell.
 
     This is the runner's own loop (:func:`pybench.runner._run_chunk`): a crash, OOM kill or timeout fails the cell
-    that was running and a new worker goes on with the rest.
+    that was running and a new worker goes on with the rest. ``prepare_timeout_s`` bounds a group's training,
+    pruning and fine-tuning (default: ``timeout_s``).
     """
     from pybench import runner
 
     folder = Path(folder)
+    timeouts = _timeouts(timeout_s, prepare_timeout_s)
     for n, chunk in enumerate(runner._chunks(list(cells), isolation)):
         summary = runner.RunSummary(folder=folder, selected=len(chunk), skipped=0)
-        runner._run_chunk(folder, _Sink(emit), chunk, run_id, env, float(timeout_s), _NullBar(), summary, say,
+        runner._run_chunk(folder, _Sink(emit), chunk, run_id, env, timeouts, _NullBar(), summary, say,
                           f"{tag}{n}" if tag else n)
 
 
@@ -93,7 +107,8 @@ class Executor:
     name = "executor"
 
     def execute(self, folder: str | os.PathLike, cells: Sequence[Cell], *, run_id: str, env: dict[str, Any],
-                timeout_s: float, isolation: str = "group", emit: Emit, say: Say = _stderr) -> None:
+                timeout_s: float, isolation: str = "group", emit: Emit, say: Say = _stderr,
+                prepare_timeout_s: float | None = None) -> None:
         """Run ``cells`` for the run folder ``folder``; call ``emit(record)`` once per cell (ok or failed).
 
         Args:
@@ -102,10 +117,12 @@ class Executor:
             run_id: written into every record.
             env: the driver's environment (``measure.environment().to_dict()``), for records of cells that never
                 reached a worker.
-            timeout_s: per cell (and per group's preparation), as ``[run] timeout_s``.
+            timeout_s: per measured cell, as ``[run] timeout_s``.
             isolation: "cell" | "group" | "model": how many cells share one worker process (local only).
             emit: receives each record in the driver, as it arrives.
             say: progress and warnings.
+            prepare_timeout_s: per group's training / pruning / fine-tuning, as ``[run] prepare_timeout_s``
+                (default: ``timeout_s``).
         """
         raise NotImplementedError
 
@@ -125,8 +142,9 @@ class LocalExecutor(Executor):
     name = "local"
 
     def execute(self, folder: str | os.PathLike, cells: Sequence[Cell], *, run_id: str, env: dict[str, Any],
-                timeout_s: float, isolation: str = "group", emit: Emit, say: Say = _stderr) -> None:
-        run_cells(folder, cells, run_id, env, timeout_s, emit, say, isolation)
+                timeout_s: float, isolation: str = "group", emit: Emit, say: Say = _stderr,
+                prepare_timeout_s: float | None = None) -> None:
+        run_cells(folder, cells, run_id, env, timeout_s, emit, say, isolation, prepare_timeout_s=prepare_timeout_s)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,7 +176,8 @@ def _task_folder(folder: str, run_id: str) -> Path:
     return own
 
 
-def ray_task(folder: str, cell: dict[str, Any], run_id: str, env: dict[str, Any], timeout_s: float) -> list[dict]:
+def ray_task(folder: str, cell: dict[str, Any], run_id: str, env: dict[str, Any], timeout_s: float,
+             prepare_timeout_s: float | None = None) -> list[dict]:
     """Body of one Ray task: run one cell (a dict of cell_id, group_id, config) in a worker subprocess here and
     return its record(s). ``cuda:N`` becomes the GPU Ray assigned (``cuda``) for the run; the record keeps the
     cell's own configuration."""
@@ -171,7 +190,7 @@ def ray_task(folder: str, cell: dict[str, Any], run_id: str, env: dict[str, Any]
     records: list[dict[str, Any]] = []
     c = Cell(cell["cell_id"], cell["group_id"], config)
     run_cells(where, [c], run_id, env, timeout_s, records.append, say=lambda _: None, isolation="cell",
-              tag=f"ray-{os.getpid()}-")
+              tag=f"ray-{os.getpid()}-", prepare_timeout_s=prepare_timeout_s)
     for rec in records:
         rec["config"] = cell["config"]
         rec.setdefault("details", {})["executor"] = {"name": "ray", "node": socket.gethostname(),
@@ -280,7 +299,8 @@ class RayExecutor(Executor):
                 "max_retries": self.max_retries, "retry_exceptions": False, "name": f"pybench-{cell.cell_id}"}
 
     def execute(self, folder: str | os.PathLike, cells: Sequence[Cell], *, run_id: str, env: dict[str, Any],
-                timeout_s: float, isolation: str = "group", emit: Emit, say: Say = _stderr) -> None:
+                timeout_s: float, isolation: str = "group", emit: Emit, say: Say = _stderr,
+                prepare_timeout_s: float | None = None) -> None:
         from pybench import runner
 
         cells = list(cells)
@@ -304,7 +324,8 @@ class RayExecutor(Executor):
 
             def submit(c: Cell) -> None:
                 job = {"cell_id": c.cell_id, "group_id": c.group_id, "config": c.config}
-                ref = task.options(**self._options(c)).remote(str(folder), job, run_id, env, float(timeout_s))
+                ref = task.options(**self._options(c)).remote(str(folder), job, run_id, env, float(timeout_s),
+                                                              prepare_timeout_s)
                 pending[ref] = c
 
             for c in cells:

@@ -76,6 +76,7 @@ def test_local_executor_runs_every_cell(local_records, suite):
     assert dense[0]["achieved"]["params"] > pruned[0]["achieved"]["params"]
 
 
+@pytest.mark.slow
 def test_ray_matches_local_and_a_dead_worker_loses_only_its_cell(tmp_path, suite, local_records):
     pytest.importorskip("ray")
     cells = suite.cells()

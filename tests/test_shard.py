@@ -218,6 +218,7 @@ def test_merge_warns_on_mixed_hardware(tmp_path, cells):
     assert any("different hardware" in w for w in res.warnings)
 
 
+@pytest.mark.slow
 def test_shards_of_a_real_run_merge_to_the_whole_suite(tmp_path):
     """Two shards run by the real runner (selected through its cell_id filter), merged: the suite's cells, once."""
     from pybench import runner

@@ -385,7 +385,7 @@ def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False) -> Cha
         if op == "call_module":
             m = modules[node.target]
             where = f"{node.target} ({type(m).__name__})"
-            out = _run(where, lambda: _module_meta(node.target, m, args, kwargs))
+            out = _run(where, _module_meta, node.target, m, args, kwargs)
             rule = rules.module_rule(m)
             if rule is None or len(args) != 1:
                 _unknown(ctx, where, arg_ds, kw_ds, node, strict, notes)
@@ -400,11 +400,11 @@ def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False) -> Cha
                 if fn is torch._assert:
                     meta[node], desc[node] = None, None
                     continue
-                out = _run(where, lambda: fn(*args, **kwargs))
+                out = _run(where, fn, *args, **kwargs)
             else:
                 where = f"{_scope(node)}: Tensor.{node.target}"
                 rule = rules.METHOD_RULES.get(node.target)
-                out = _run(where, lambda: getattr(args[0], node.target)(*args[1:], **kwargs))
+                out = _run(where, getattr(args[0], node.target), *args[1:], **kwargs)
             if rule is None:
                 if _has_tensor(out) or rules._flatten(arg_ds) or rules._flatten(kw_ds):
                     _unknown(ctx, where, arg_ds, kw_ds, node, strict, notes)
@@ -473,9 +473,9 @@ def _has_tensor(x: Any) -> bool:
     return False
 
 
-def _run(where: str, fn) -> Any:
+def _run(where: str, fn, *args: Any, **kwargs: Any) -> Any:
     try:
-        return fn()
+        return fn(*args, **kwargs)
     except TraceError:
         raise
     except Exception as exc:

@@ -1,0 +1,165 @@
+"""Zoo coverage: which torchvision classification models prune correctly, with pybench and with Torch-Pruning.
+
+    python benchmarks/coverage.py [--size 224] [--ratio 0.5] [--timeout 300] [--models resnet18 vgg11 ...]
+
+Each (model, tool) runs in its own subprocess (Torch-Pruning can hang in graph build; a timeout is an error).
+- pybench "ok": trace + l1 + plan + apply at ``--ratio``; the pruned model runs, keeps the output shape, has fewer
+  parameters, and its outputs equal ``pb.mask``'s (rtol 1e-4, atol 1e-5 after BN calibration).
+- Torch-Pruning "ok": MagnitudePruner (L1) at ``--ratio`` with the last Linear ignored; the model runs, keeps the
+  output shape and has fewer parameters (it has no masked oracle: shape-checked only).
+Prints a table of model families x ok / error for both tools, then every error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FAMILIES = ["wide_resnet", "resnext", "resnet", "vgg", "mobilenet_v2", "mobilenet_v3", "efficientnet_v2",
+            "efficientnet", "regnet_x", "regnet_y", "densenet", "shufflenet_v2", "squeezenet", "mnasnet", "convnext",
+            "vit", "swin_v2", "swin", "maxvit", "alexnet", "googlenet", "inception"]
+
+
+def family(name: str) -> str:
+    return next((f for f in FAMILIES if name.startswith(f)), re.sub(r"[\d_]+.*$", "", name))
+
+
+def _input(name: str, size: int):
+    import torch
+
+    if name == "inception_v3":
+        size = max(size, 299 if size >= 224 else 96)
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _model(name: str, size: int):
+    import torchvision
+
+    kw = {}
+    if name.startswith("vit_"):
+        kw["image_size"] = size
+    if name in ("googlenet", "inception_v3"):
+        kw.update(init_weights=True, aux_logits=False)
+    return torchvision.models.get_model(name, weights=None, **kw).eval()
+
+
+def _calibrate(model, x):
+    import torch
+    import torch.nn as nn
+
+    with torch.no_grad():
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for m in bns:
+            m.momentum = None
+            m.reset_running_stats()
+        if bns:
+            model.train()
+            model(x)
+    return model.eval()
+
+
+def worker(name: str, tool: str, size: int, ratio: float) -> dict:
+    import warnings
+
+    import torch
+    import torch.nn as nn
+
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    x = _input(name, size)
+    model = _calibrate(_model(name, size), x)
+    with torch.no_grad():
+        ref = model(x)
+    before = sum(p.numel() for p in model.parameters())
+    t = time.perf_counter()
+    if tool == "pybench":
+        import pybench as pb
+
+        graph = pb.trace(model, x)
+        plan = pb.plan(graph, pb.score(model, graph, "l1"), ratio=ratio)
+        pruned = pb.apply(model, plan)
+        seconds = time.perf_counter() - t
+        with torch.no_grad():
+            out, masked = pruned(x), pb.mask(model, plan)(x)
+        torch.testing.assert_close(out, masked, rtol=1e-4, atol=1e-5)
+    else:
+        import torch_pruning as tp
+
+        classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+        pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=ratio, ignored_layers=classifier)
+        pruner.step()
+        seconds = time.perf_counter() - t
+        pruned = model
+        with torch.no_grad():
+            out = pruned(x)
+    after = sum(p.numel() for p in pruned.parameters())
+    if out.shape != ref.shape:
+        raise AssertionError(f"output shape {tuple(out.shape)} != {tuple(ref.shape)}")
+    if after >= before:
+        raise AssertionError(f"parameters did not fall ({before} -> {after})")
+    return {"params_before": before, "params_after": after, "seconds": round(seconds, 3)}
+
+
+def run_one(name: str, tool: str, size: int, ratio: float, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, tool, "--size", str(size), "--ratio", str(ratio)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                             cwd=str(Path(__file__).resolve().parents[1]))
+    except subprocess.TimeoutExpired:
+        return {"model": name, "tool": tool, "ok": False, "error": f"timeout after {timeout:.0f} s"}
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode == 0 and lines:
+        return {"model": name, "tool": tool, "ok": True, **json.loads(lines[-1])}
+    err = (res.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"model": name, "tool": tool, "ok": False, "error": err[:200]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "TOOL"), help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=224, help="input height / width (default 224; 299 for inception)")
+    ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--timeout", type=float, default=300, help="seconds per model and tool")
+    ap.add_argument("--models", nargs="*", help="default: all torchvision classification models")
+    ap.add_argument("--tools", nargs="*", default=["pybench", "torch_pruning"])
+    ap.add_argument("--json", help="also write every result to this JSON Lines file")
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.size, args.ratio)))
+        return
+    import pandas as pd
+    import torchvision
+    from tabulate import tabulate
+
+    names = args.models or sorted(torchvision.models.list_models(module=torchvision.models))
+    rows = []
+    for name in names:
+        for tool in args.tools:
+            r = run_one(name, tool, args.size, args.ratio, args.timeout)
+            rows.append(r)
+            status = "ok" if r["ok"] else f"ERROR {r['error']}"
+            print(f"{name:24s} {tool:14s} {status}", file=sys.stderr, flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+    df = pd.DataFrame(rows)
+    df["family"] = df["model"].map(family)
+    table = (df.assign(ok=df["ok"].astype(int), n=1).groupby(["family", "tool"])[["ok", "n"]].sum()
+             .apply(lambda r: f"{r['ok']}/{r['n']}", axis=1).unstack("tool"))
+    total = df.groupby("tool")["ok"].agg(lambda s: f"{int(s.sum())}/{len(s)}")
+    table.loc["TOTAL"] = total
+    print(tabulate(table.reset_index(), headers="keys", tablefmt="github", showindex=False))
+    errors = df[~df["ok"]]
+    if len(errors):
+        print("\nErrors:")
+        print(tabulate(errors[["model", "tool", "error"]], headers="keys", tablefmt="github", showindex=False))
+
+
+if __name__ == "__main__":
+    main()

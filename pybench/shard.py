@@ -158,17 +158,17 @@ class MergeResult:
 
 def _read_meta(folder: Path) -> dict[str, Any]:
     if not (folder / RECORDS).is_file():
-        raise MergeError(f"merge: {str(folder)!r} is not a run folder (no {RECORDS}); give the --out folders of "
+        raise MergeError(f"{str(folder)!r} is not a run folder (no {RECORDS}); give the --out folders of "
                          "the `pybench run --shard` runs")
     meta_path = folder / "run.json"
     if not meta_path.is_file():
-        raise MergeError(f"merge: {str(folder)!r} has no run.json; it was not written by `pybench run`")
+        raise MergeError(f"{str(folder)!r} has no run.json; it was not written by `pybench run`")
     try:
         meta = json.loads(meta_path.read_text())
     except ValueError as e:
-        raise MergeError(f"merge: {meta_path} is not valid JSON: {e}") from None
+        raise MergeError(f"{meta_path} is not valid JSON: {e}") from None
     if not isinstance(meta, dict) or not meta.get("suite"):
-        raise MergeError(f"merge: {meta_path} names no suite")
+        raise MergeError(f"{meta_path} names no suite")
     return meta
 
 
@@ -221,25 +221,25 @@ def merge(shard_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *
     """
     dirs = list(dict.fromkeys(Path(d).resolve() for d in shard_dirs))
     if not dirs:
-        raise MergeError("merge: no shard folders given; pass the run folders of the shards")
+        raise MergeError("no shard folders given; pass the run folders of the shards")
     out = Path(out_dir)
     if out.resolve() in dirs:
-        raise MergeError(f"merge: --out {out} is one of the shards; give a new folder")
+        raise MergeError(f"--out {out} is one of the shards; give a new folder")
     if (out / RECORDS).exists() or (out.is_dir() and any(out.iterdir())):
-        raise MergeError(f"merge: --out {out} already exists and is not empty; give a new folder")
+        raise MergeError(f"--out {out} already exists and is not empty; give a new folder")
 
     metas = [_read_meta(d) for d in dirs]
     suites = {m["suite"] for m in metas}
     if len(suites) > 1:
         listing = "; ".join(f"{d} -> {m['suite']!r}" for d, m in zip(dirs, metas, strict=True))
-        raise MergeError(f"merge: the shards belong to different suites ({listing}); merge only the shards of one "
+        raise MergeError(f"the shards belong to different suites ({listing}); merge only the shards of one "
                          "suite")
     suite_name = metas[0]["suite"]
     texts = [(d / "suite.toml").read_text() if (d / "suite.toml").is_file() else None for d in dirs]
     known = [(d, t) for d, t in zip(dirs, texts, strict=True) if t is not None]
     if len({t for _, t in known}) > 1:
         other = next(d for d, t in known if t != known[0][1])
-        raise MergeError(f"merge: shards {known[0][0]} and {other} ran different versions of suite {suite_name!r} "
+        raise MergeError(f"shards {known[0][0]} and {other} ran different versions of suite {suite_name!r} "
                          "(their suite.toml differ); run every shard with the same suite file")
 
     specs = [m.get("shard") for m in metas]
@@ -248,7 +248,7 @@ def merge(shard_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *
         parsed = [parse_shard(s) for s in specs if s]
         counts = {s.count for s in parsed}
         if len(counts) > 1:
-            raise MergeError(f"merge: the shards were split different ways ({', '.join(map(str, parsed))}); run "
+            raise MergeError(f"the shards were split different ways ({', '.join(map(str, parsed))}); run "
                              "every shard with the same count n in --shard i/n")
         seen: dict[Shard, Path] = {}
         for d, s in zip(dirs, specs, strict=True):
@@ -256,7 +256,7 @@ def merge(shard_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *
                 continue
             p = parse_shard(s)
             if p in seen:
-                raise MergeError(f"merge: {seen[p]} and {d} are both shard {p}; give each shard once")
+                raise MergeError(f"{seen[p]} and {d} are both shard {p}; give each shard once")
             seen[p] = d
         absent = sorted(set(range(1, next(iter(counts)) + 1)) - {s.index for s in parsed})
         if absent:
@@ -271,11 +271,11 @@ def merge(shard_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *
             cid = rec["cell_id"]
             cfg = rec.get("config") or {}
             if cfg.get("suite") not in (None, suite_name):
-                raise MergeError(f"merge: {d} holds cell {cid} of suite {cfg.get('suite')!r}, not {suite_name!r}")
+                raise MergeError(f"{d} holds cell {cid} of suite {cfg.get('suite')!r}, not {suite_name!r}")
             if cid in per_cell:
                 first = per_cell[cid][0][1].get("config") or {}
                 if _identity(first) != _identity(cfg):
-                    raise MergeError(f"merge: cell {cid} has different configurations in {origin[cid]} and {d} "
+                    raise MergeError(f"cell {cid} has different configurations in {origin[cid]} and {d} "
                                      f"({_first_difference(_identity(first), _identity(cfg))}); these shards did "
                                      "not run the same suite settings")
             else:
@@ -294,7 +294,7 @@ def merge(shard_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *
         if extra:
             warnings.append(f"{len(extra)} cell(s) are not in the suite file's expansion (e.g. {extra[0]})")
     if missing and require_complete:
-        raise MergeError(f"merge: {len(missing)} cell(s) of suite {suite_name!r} have no record in any shard (e.g. "
+        raise MergeError(f"{len(missing)} cell(s) of suite {suite_name!r} have no record in any shard (e.g. "
                          f"{missing[0]}); run the missing shard(s) or `pybench run --resume` them first")
 
     out.mkdir(parents=True, exist_ok=True)

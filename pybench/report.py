@@ -36,13 +36,15 @@ def analyse(df: Any) -> Any:
         return pd.DataFrame()
     dense = ok[ok["level"] == 0]
     pruned = ok[ok["level"] > 0]
-    cols = [c for c in ("latency_p50_ms", "peak_memory_bytes", "macs", "params", "top1")
+    cols = [c for c in ("latency_p50_ms", "latency_noise", "peak_memory_bytes", "macs", "params", "top1")
             if c in dense.columns and f"dense_{c}" not in pruned.columns]  # the records carry dense MACs / params
     base = dense[_JOIN + cols].rename(columns={c: f"dense_{c}" for c in cols})
     j = pruned.merge(base, on=_JOIN, how="left")
     out = j.copy()
     if "latency_p50_ms" in j:
         out["speedup"] = j["dense_latency_p50_ms"] / j["latency_p50_ms"]
+    if "latency_noise" in j:  # a speedup is as uncertain as the noisier of its two latencies
+        out["speedup_noise"] = j[["latency_noise", "dense_latency_noise"]].max(axis=1)
     if "macs" in j:
         out["theoretical_speedup"] = j["dense_macs"] / j["macs"]
         out["macs_removed"] = 1 - j["macs"] / j["dense_macs"]
@@ -88,12 +90,13 @@ def _tables(df: Any, tablefmt: str) -> list[tuple[str, str]]:
         for _, r in m.iterrows():
             rows.append([r["criterion"], r["schedule"], _fmt(r["level"], "g"), r["batch_size"], r["dtype"],
                          r["device"], _fmt(r.get("latency_p50_ms"), "ms"), _fmt(r.get("speedup"), "x"),
+                         _fmt(r.get("speedup_noise"), "pct"),
                          _fmt(r.get("theoretical_speedup"), "x"), _fmt(r.get("memory_saved"), "pct"),
                          _fmt(r.get("macs_removed"), "pct"), _fmt(r.get("params_removed"), "pct"),
                          _fmt(r.get("top1"), "acc"), _fmt(r.get("top1_change"), "pts")])
         out.append((f"{model}: pruned vs dense",
                     tabulate(rows, headers=["criterion", "schedule", "level", "batch", "dtype", "device", "p50 ms",
-                                            "speedup", "MACs speedup", "memory saved", "MACs removed",
+                                            "speedup", "noise", "MACs speedup", "memory saved", "MACs removed",
                                             "params removed", "top-1 %", "top-1 change (pts)"], tablefmt=tablefmt,
                              disable_numparse=True)))
     failed = df[df["status"] != "ok"]
@@ -123,11 +126,28 @@ def _runs_table(df: Any, tablefmt: str) -> str:
                     tablefmt=tablefmt, disable_numparse=True)
 
 
+_LEGEND = ("speedup = dense p50 latency / pruned p50 latency; MACs speedup = dense MACs / pruned MACs (the "
+           "theoretical speedup); noise = (max - min) / median of the repeats' p50 (for a speedup: the larger of its "
+           "two latencies'); top-1 change in points.")
+
+
+def _noise_warning(df: Any, limit: float = 0.1) -> str | None:
+    if "latency_noise" not in df.columns:
+        return None
+    noise = df["latency_noise"].dropna()
+    if not len(noise) or noise.median() <= limit:
+        return None
+    return (f"Latency noise is high (median {noise.median():.0%} across cells, above {limit:.0%}): the machine was "
+            "busy or the runs were too short; treat the latencies and speedups as unreliable and rerun with more "
+            "repeats / iterations on a quiet machine.")
+
+
 def markdown(df: Any, title: str = "pybench report") -> str:
     """The report of ``df`` (from :func:`pybench.results.load`) as Markdown."""
-    parts = [f"# {title}", "", _runs_table(df, "github"), ""]
-    parts.append("speedup = dense p50 latency / pruned p50 latency; MACs speedup = dense MACs / pruned MACs (the "
-                 "theoretical speedup); noise = (max - min) / median of the repeats' p50; top-1 change in points.")
+    parts = [f"# {title}", "", _runs_table(df, "github"), "", _LEGEND]
+    warning = _noise_warning(df)
+    if warning:
+        parts += ["", f"**{warning}**"]
     for heading, table in _tables(df, "github"):
         parts += ["", f"## {heading}", "", table]
     return "\n".join(parts) + "\n"
@@ -182,9 +202,10 @@ def plots(df: Any) -> dict[str, bytes]:
 def html(df: Any, title: str = "pybench report") -> str:
     """A self-contained HTML page: the tables and the plots (inline base64 PNG), no external files."""
     esc = _html.escape
-    body = [f"<h1>{esc(title)}</h1>", _runs_table(df, "html"),
-            "<p>speedup = dense p50 latency / pruned p50 latency; MACs speedup = dense MACs / pruned MACs (the "
-            "theoretical speedup); noise = (max - min) / median of the repeats' p50; top-1 change in points.</p>"]
+    body = [f"<h1>{esc(title)}</h1>", _runs_table(df, "html"), f"<p>{esc(_LEGEND)}</p>"]
+    warning = _noise_warning(df)
+    if warning:
+        body.append(f"<p><strong>{esc(warning)}</strong></p>")
     for caption, data in plots(df).items():
         b64 = base64.b64encode(data).decode()
         body.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{b64}">'

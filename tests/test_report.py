@@ -63,3 +63,15 @@ def test_no_records_is_an_error(tmp_path):
     (tmp_path / "empty" / "records.jsonl").write_text("")
     with pytest.raises(ValueError, match="no records"):
         report.write(tmp_path / "empty")
+
+
+def test_high_noise_is_flagged(tmp_path):
+    st = R.Store(tmp_path / "noisy")
+    for r in (rec("d1", 0, 1, 10.0, 1000, 100, 4096, 0.9), rec("p1", 0.5, 1, 4.0, 250, 30, 1024, 0.85)):
+        r["metrics"]["latency_noise"] = 0.5
+        st.append(r)
+    df = R.load(tmp_path / "noisy")
+    assert "Latency noise is high (median 50%" in report.markdown(df)
+    assert report.analyse(df)["speedup_noise"].tolist() == [0.5]
+    quiet = R.load(tmp_path / "noisy").assign(latency_noise=0.02)
+    assert "Latency noise is high" not in report.markdown(quiet)

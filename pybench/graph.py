@@ -12,6 +12,7 @@ Channels reaching the model's outputs, or read by an op no rule understands, are
 from __future__ import annotations
 
 import operator
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +26,14 @@ from scipy.sparse.csgraph import connected_components
 
 from pybench import _graph_rules as rules
 
-__all__ = ["ChannelGraph", "Group", "Member", "TraceError", "trace"]
+__all__ = ["ChannelGraph", "Group", "Member", "TraceError", "TrainingModeWarning", "trace"]
 
 PRODUCER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_TRAINING_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+class TrainingModeWarning(UserWarning):
+    """``trace`` was given a model in training mode (BN / dropout / aux heads behave differently there)."""
 
 
 class TraceError(RuntimeError):
@@ -344,6 +350,13 @@ def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False) -> Cha
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = _check_inputs(example_inputs)
+    if model.training:
+        culprit = next((f"{n} ({type(m).__name__})" for n, m in model.named_modules()
+                        if isinstance(m, _TRAINING_SENSITIVE) or type(m).__name__ == "StochasticDepth"), None)
+        if culprit is not None:  # a warning, not an error: the graph of BN / dropout nets is the same in eval
+            warnings.warn(f"trace: model is in training mode and {culprit} behaves differently there (and "
+                          "training-only branches such as aux heads are traced); call model.eval() first",
+                          TrainingModeWarning, stacklevel=2)
     try:
         graph = _Tracer().trace(model)
     except Exception as exc:  # fx raises many kinds; name the model and the cause

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torchvision
 from _engine_util import create  # noqa: F401  (also silences the reference-ops warning)
 
 import pybench as pb
-from pybench.graph import TraceError
+from pybench.graph import TraceError, TrainingModeWarning
 
 
 def _producers(group) -> set[str]:
@@ -157,3 +159,12 @@ def test_model_output_channels_are_pinned():
     g = pb.trace(m, torch.randn(1, 3, 8, 8))
     assert g.group_of("2") is None and g.group_of("0").size == 8
     assert "model output" in g.pinned
+
+
+def test_training_mode_is_flagged():
+    m = torchvision.models.resnet18(num_classes=10)  # train mode: BN uses batch statistics
+    with pytest.warns(TrainingModeWarning, match=r"training mode and bn1 \(BatchNorm2d\).*model.eval\(\)"):
+        pb.trace(m, torch.randn(2, 3, 32, 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingModeWarning)  # nothing mode-sensitive: no warning
+        pb.trace(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)), torch.randn(1, 2))

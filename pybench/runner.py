@@ -288,9 +288,10 @@ def run(suite: Suite, out: str | os.PathLike | None = None, *, resume: bool = Fa
 
 def _run_chunk(folder: Path, store: Store, chunk: list[Cell], run_id: str, env: dict[str, Any],
                timeouts: tuple[float, float], bar: Any, summary: RunSummary, say: Callable[[str], None],
-               n: int) -> None:
+               n: int | str) -> None:
     """Run ``chunk`` in workers until every cell has a record. ``timeouts``: (per cell measured, per group prepared:
-    training, pruning, fine-tuning — and the worker's start)."""
+    training, pruning, fine-tuning — and the worker's start). ``n`` names the workers' log files.
+    pybench.executors calls this too (with a store-like sink and a bar-like object): keep the signature."""
     remaining = {c.cell_id: c for c in chunk}
     attempt = 0
     while remaining:

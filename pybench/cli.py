@@ -67,26 +67,47 @@ def _load_suite(args: argparse.Namespace, require_data: bool) -> object:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pybench import runner, suite
+    from pybench import executors, runner, shard, suite
 
     s = _load_suite(args, require_data=not args.dry_run)
     try:
+        spec = str(shard.parse_shard(args.shard)) if args.shard else None
+        ex = executors.get_executor(args.executor, args.address)  # refuses --address without --executor ray
+        ex = None if ex.name == "local" else ex  # None: the runner's own loop
+        if ex is not None and not args.dry_run:
+            ex.connect()  # an unreachable --address fails here, before a run folder is made
+    except (ValueError, ConnectionError, ImportError) as e:
+        raise UsageError(str(e)) from None
+    try:
         if args.dry_run:
             out = args.out or (runner.latest_run(s, args.results_root) if args.resume else None)
-            rp = runner.plan_run(s, out, args.filter, args.retry_failed)
+            rp = runner.plan_run(s, out, args.filter, args.retry_failed, spec)
             print(f"# suite {s.name}: {len(rp.cells)} cells ({len(rp.done)} done, {len(rp.todo)} to run) in "
                   f"{len({c.group_id for c in rp.cells})} prune groups; metrics: "
                   f"{', '.join(s.metrics['collect'])}; repeats {s.metrics['repeats']}")
             print(rp.table())
             return EXIT_OK
         summary = runner.run(s, args.out, resume=args.resume, filters=args.filter, retry_failed=args.retry_failed,
-                             progress=not args.no_progress, results_root=args.results_root)
-    except suite.SuiteError as e:
+                             progress=not args.no_progress, results_root=args.results_root, executor=ex, shard=spec)
+    except (suite.SuiteError, ConnectionError, ImportError) as e:
         raise UsageError(str(e)) from None
     print(summary.folder)
     if summary.failed:
         print(f"pybench run: {summary.failed} cell(s) failed (their records hold the errors)", file=sys.stderr)
     return summary.exit_code
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from pybench import shard
+
+    try:
+        res = shard.merge(args.shards, args.out, require_complete=args.require_complete)
+    except (shard.MergeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    for w in res.warnings:
+        print(f"pybench merge: warning: {w}", file=sys.stderr)
+    print(res.summary())
+    return EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -261,7 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-root", help="local dataset folder; overrides the suite's [data] root")
     r.add_argument("--results-root", default="results", help="where default run folders go (default results/)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--executor", choices=["local", "ray"], default="local", help="where cells run: local worker "
+                   "processes (default) or a Ray task per cell")
+    r.add_argument("--address", help="with --executor ray: the Ray head HOST:PORT (default: a local Ray instance)")
+    r.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based) of the selected cells; join the "
+                   "shards with `pybench merge`")
     r.set_defaults(func=_run)
+
+    mg = sub.add_parser("merge", help="join the run folders of `run --shard` into one run",
+                        description="Join shard run folders of one suite into one run folder (refuses shards of "
+                        "different suites and cells configured differently).")
+    mg.add_argument("shards", nargs="+", help="the shards' run folders")
+    mg.add_argument("--out", required=True, help="the merged run folder (new)")
+    mg.add_argument("--require-complete", action="store_true", help="fail if some cell of the suite has no record")
+    mg.set_defaults(func=_merge)
 
     rep = sub.add_parser("report", help="Markdown + HTML report of one or more run folders",
                          description="Per model, pruned vs dense: latency speedup, memory saved, MACs and params "

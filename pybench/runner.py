@@ -105,9 +105,11 @@ class RunSummary:
 
 
 def plan_run(suite: Suite, out: str | os.PathLike | None = None, filters: list[str] | None = None,
-             retry_failed: bool = False) -> RunPlan:
+             retry_failed: bool = False, shard: str | None = None) -> RunPlan:
     """Expand and filter ``suite``; with ``out``, mark the cells its store already holds."""
-    cells = filter_cells(expand(suite), filters)
+    from pybench.shard import select
+
+    cells = select(filter_cells(expand(suite), filters), shard)  # shard i/n of the selected cells
     done: dict[str, dict[str, Any]] = {}
     if out is not None and (Path(out) / "records.jsonl").exists():
         done = Store(out).finished(include_failed=not retry_failed)
@@ -219,7 +221,7 @@ class _Worker:
 
 def run(suite: Suite, out: str | os.PathLike | None = None, *, resume: bool = False, filters: list[str] | None = None,
         retry_failed: bool = False, progress: bool = True, results_root: str | os.PathLike = "results",
-        log: Callable[[str], None] | None = None) -> RunSummary:
+        log: Callable[[str], None] | None = None, executor: Any = None, shard: str | None = None) -> RunSummary:
     """Run ``suite``'s cells (those matching ``filters``) into the run folder ``out``.
 
     Args:
@@ -262,11 +264,12 @@ def run(suite: Suite, out: str | os.PathLike | None = None, *, resume: bool = Fa
     if not meta.exists():
         (folder / "suite.toml").write_text(suite.text)
         _atomic_write(meta, json.dumps({"run_id": folder.name, "suite": suite.name, "suite_path": suite.path,
-                                        "started": _now(), "environment": env}, indent=2).encode())
+                                        "started": _now(), "environment": env, "shard": shard}, indent=2).encode())
     run_id = json.loads(meta.read_text()).get("run_id", folder.name)
 
-    rp = plan_run(suite, folder, filters, retry_failed)
-    _check_devices(rp.todo)
+    rp = plan_run(suite, folder, filters, retry_failed, shard)
+    if executor is None or executor.name == "local":  # a Ray cluster's GPUs are checked by the executor
+        _check_devices(rp.todo)
     summary = RunSummary(folder=folder, selected=len(rp.cells), skipped=len(rp.done))
     say(f"pybench: suite {suite.name!r}: {len(rp.cells)} cells selected, {len(rp.done)} already done, "
         f"{len(rp.todo)} to run in {rp.groups} prune groups -> {folder}")
@@ -275,9 +278,18 @@ def run(suite: Suite, out: str | os.PathLike | None = None, *, resume: bool = Fa
     bar = tqdm(total=len(rp.todo), desc=suite.name, unit="cell", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     try:
-        for n, chunk in enumerate(_chunks(rp.todo, suite.run["isolation"])):
-            _run_chunk(folder, store, chunk, run_id, env, (float(suite.run["timeout_s"]),
-                       float(suite.run["prepare_timeout_s"])), bar, summary, say, n)
+        if executor is None:
+            for n, chunk in enumerate(_chunks(rp.todo, suite.run["isolation"])):
+                _run_chunk(folder, store, chunk, run_id, env, (float(suite.run["timeout_s"]),
+                           float(suite.run["prepare_timeout_s"])), bar, summary, say, n)
+        else:
+            def emit(rec: dict[str, Any]) -> None:
+                store.append(rec)
+                _count(rec, summary, bar, say)
+
+            executor.execute(folder, rp.todo, run_id=run_id, env=env, timeout_s=float(suite.run["timeout_s"]),
+                             prepare_timeout_s=float(suite.run["prepare_timeout_s"]),
+                             isolation=suite.run["isolation"], emit=emit, say=say)
     finally:
         bar.close()
     summary.wall_s = time.perf_counter() - t0

@@ -81,16 +81,17 @@ def one_shot_row(model: torch.nn.Module, ld: Any, criterion: str, macs_target: f
             "channel_ratio": hist[1]["ratio"], "macs": hist[1]["macs"], "time_s": time.perf_counter() - t0}
 
 
-def gradual_row(model: torch.nn.Module, ld: Any, drop: float = 0.02, rate: float = 0.1,
-                max_steps: int = 6) -> dict[str, Any]:
+def gradual_row(model: torch.nn.Module, ld: Any, drop: float = 0.02, rate: float = 0.05,
+                max_steps: int = 2, epochs: int = 2) -> dict[str, Any]:
     dense_val = pb.train.evaluate(model, ld.val)["top1"]
     target = dense_val - drop
     t0 = time.perf_counter()
     pruned, hist = schedules.gradual_global(model, X1, ld.train, ld.val, target, rate=rate, criterion="aaws",
-                                            fine_tune_epochs=1, fine_tune_kw={**FINE_TUNE, "seed": 0},
+                                            fine_tune_epochs=epochs, fine_tune_kw={**FINE_TUNE, "seed": 0},
                                             max_steps=max_steps, progress=False)
     test = pb.train.evaluate(pruned, ld.test)
-    return {"criterion": "aaws (gradual_global)", "target_val_top1": target, "val_top1":
+    return {"criterion": "aaws (gradual_global)", "rate": rate, "max_steps": max_steps, "fine_tune_epochs": epochs,
+            "target_val_top1": target, "val_top1":
             pb.train.evaluate(pruned, ld.val)["top1"], "test_top1": test["top1"],
             "macs_kept": pb.measure.flops(pruned, X1).total_macs / hist[0]["macs"],
             "steps": len(hist) - 1, "accepted_steps": sum(1 for r in hist[1:] if r["accepted"]),
@@ -119,9 +120,15 @@ def to_markdown(result: dict[str, Any]) -> str:
         tabulate(rows, headers=["criterion", "test top-1 %", "val top-1 %", "MACs kept %", "params kept %",
                                 "channel ratio", "time s"], tablefmt="github"),
         "",
-        "gradual_global: not run yet" if g is None else
-        f"gradual_global (Wang; aaws, mean-normalised global ranking, rate 0.1, 1 fine-tune epoch per step, at "
-        f"most 6 steps): target val top-1 {100 * g['target_val_top1']:.2f} %, reached: {g['reached_target']}; "
+        "`time s`: wall time of scoring + MAC search + fine-tuning on the machine named above (shared and busy when "
+        "this table was made: compare rows, not machines)."
+        + ("" if len(rows) == len(CRITERIA) else " Not in this table (the run did not finish them): "
+           + ", ".join(c for c in CRITERIA if c not in {r["criterion"] for r in result["one_shot"]}) + "."),
+        "",
+        "gradual_global: not in this table (the run did not finish it)" if g is None else
+        f"gradual_global (Wang; aaws, mean-normalised global ranking, rate {g['rate']}, {g['fine_tune_epochs']} "
+        f"fine-tune epochs per step, at most {g['max_steps']} steps): target val top-1 "
+        f"{100 * g['target_val_top1']:.2f} %, reached: {g['reached_target']}; "
         f"returned model val {100 * g['val_top1']:.2f} %, test {100 * g['test_top1']:.2f} %, MACs kept "
         f"{100 * g['macs_kept']:.1f} % after {g['accepted_steps']} accepted of {g['steps']} steps.",
         "",

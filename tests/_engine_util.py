@@ -11,7 +11,7 @@ import torchvision
 warnings.filterwarnings("ignore", message="pybench._C is not available")
 
 # input size per model family: small where the architecture allows
-_SIZES = {"inception_v3": 96, "maxvit_t": 224, "swin": 64, "vit": 64}
+_SIZES = {"inception_v3": 96, "maxvit_t": 224, "swin": 64, "vit_h_14": 56, "vit": 64}
 
 
 def example_input(name: str, batch: int = 2) -> torch.Tensor:
@@ -31,7 +31,7 @@ def example_input(name: str, batch: int = 2) -> torch.Tensor:
 
 def model_kwargs(name: str) -> dict:
     if name.startswith("vit_"):
-        return {"image_size": 64}
+        return {"image_size": 56 if name.endswith("_14") else 64}  # a multiple of the patch size
     if name in ("googlenet", "inception_v3"):
         return {"init_weights": True, "aux_logits": False}
     return {}

@@ -34,7 +34,9 @@ void gather(const E* src, E* dst, int64_t rows, int64_t cols, int64_t inner, con
   const int64_t n_out = out.empty() ? rows : static_cast<int64_t>(out.size());
   const int64_t n_in = in.empty() ? cols : static_cast<int64_t>(in.size());
   const int64_t row_elems = n_in * inner;
-  at::parallel_for(0, n_out, std::max<int64_t>(1, 32768 / std::max<int64_t>(row_elems, 1)), [&](int64_t b, int64_t e) {
+  // grain: rows worth at least 256K elements per task, so small weights are copied on the calling thread
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(row_elems, 1));
+  at::parallel_for(0, n_out, grain, [&](int64_t b, int64_t e) {
     for (int64_t o = b; o < e; ++o) {
       const E* row = src + (out.empty() ? o : out[o]) * cols * inner;
       E* to = dst + o * row_elems;

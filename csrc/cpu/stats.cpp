@@ -32,6 +32,19 @@ constexpr int64_t kChunk = 4096;       // elements per fp32 partial (16 KiB of f
 constexpr int64_t kRowBlock = 16384;   // elements per block of rows in the rows layout
 constexpr int kLanes = 16;             // independent accumulators: lets the compiler vectorise the reductions
 
+// Below this many elements a call runs on the calling thread: entering a parallel region costs more than the
+// work, and on an oversubscribed machine a waiting OpenMP team can cost a whole scheduler time slice.
+constexpr int64_t kParallelMin = int64_t(1) << 18;
+
+template <typename F>
+void parallel_tasks(int64_t tasks, int64_t elements, const F& body) {
+  if (elements < kParallelMin) {
+    body(int64_t(0), tasks);
+  } else {
+    at::parallel_for(0, tasks, 1, body);
+  }
+}
+
 template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
@@ -282,7 +295,7 @@ RunTasks run_tasks(const ChannelView& v) {
 template <typename T>
 void channel_stats_runs(const ChannelView& v, double* partial, RunTasks tasks) {
   const T* base = v.data.const_data_ptr<T>();
-  at::parallel_for(0, tasks.count(), 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(tasks.count(), v.data.numel(), [&](int64_t begin, int64_t end) {
     std::vector<acc_t<T>> buf(kChunk);
     std::vector<double> tot;
     acc_t<T> r[3];
@@ -311,7 +324,7 @@ template <typename T>
 void channel_stats_rows(const ChannelView& v, double* partial, int64_t pieces) {
   const T* base = v.data.const_data_ptr<T>();
   const int64_t cols = v.channels, block = std::max<int64_t>(1, kRowBlock / cols);
-  at::parallel_for(0, pieces, 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(pieces, v.data.numel(), [&](int64_t begin, int64_t end) {
     std::vector<acc_t<T>> buf(block * cols), acc(3 * cols);
     for (int64_t s = begin; s < end; ++s) {
       double* tot = partial + s * 3 * cols;  // [3, cols] for this piece
@@ -363,7 +376,7 @@ at::Tensor channel_stats_cpu(const at::Tensor& w, int64_t dim) {
 template <typename T>
 void activation_stats_runs(const ChannelView& v, double* partial, RunTasks tasks) {
   const T* base = v.data.const_data_ptr<T>();
-  at::parallel_for(0, tasks.count(), 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(tasks.count(), v.data.numel(), [&](int64_t begin, int64_t end) {
     std::vector<acc_t<T>> buf(kChunk);
     std::vector<double> n, mean, m2, zeros;
     acc_t<T> r[3];
@@ -399,7 +412,7 @@ template <typename T>
 void activation_stats_rows(const ChannelView& v, double* partial, int64_t pieces) {
   const T* base = v.data.const_data_ptr<T>();
   const int64_t cols = v.channels, block = std::max<int64_t>(1, kRowBlock / cols);
-  at::parallel_for(0, pieces, 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(pieces, v.data.numel(), [&](int64_t begin, int64_t end) {
     std::vector<acc_t<T>> buf(block * cols), acc(3 * cols);
     std::vector<double> mean(cols), m2(cols), zeros(cols);
     for (int64_t s = begin; s < end; ++s) {

@@ -117,3 +117,6 @@ def score(model: nn.Module, graph: ChannelGraph, criterion: str = "l1", data: An
     with torch.no_grad():
         units = CRITERIA[criterion](model, graph, data, **kw)
     return {g: torch.from_numpy(units[g.comps]) for g in graph.groups}
+
+# The data-driven and geometric criteria register themselves into CRITERIA on import.
+from pybench import criteria_data as _criteria_data  # noqa: E402,F401

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pybench import ops
 from pybench.criteria import CRITERIA, register, unit_scores_from_filters
 from pybench.graph import ChannelGraph, Group
-from pybench.plan import PrunePlan, plan
+from pybench.planning import PrunePlan, plan
 
 __all__ = ["DATA_CRITERIA", "NORMALIZATIONS", "lfe_group", "masked_consumers", "normalize", "plan_global",
            "per_sample_loss"]

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pybench.plan import PrunePlan
+from pybench.planning import PrunePlan
 from pybench.surgery import check_model, slot_keep
 
 __all__ = ["mask", "removed_mask"]

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from pybench.criteria import score
 from pybench.graph import trace
-from pybench.plan import PrunePlan, plan
+from pybench.planning import PrunePlan, plan
 from pybench.surgery import apply
 
 __all__ = ["prune"]

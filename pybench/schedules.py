@@ -31,7 +31,7 @@ from pybench import criteria_data as cd
 from pybench.criteria import CRITERIA, score
 from pybench.graph import ChannelGraph, Group, trace
 from pybench.measure import flops
-from pybench.plan import PrunePlan, plan
+from pybench.planning import PrunePlan, plan
 from pybench.surgery import apply
 from pybench.train import History, evaluate, fine_tune
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from pybench import ops
-from pybench.plan import PrunePlan
+from pybench.planning import PrunePlan
 
 __all__ = ["PRUNERS", "apply", "check_model", "slot_keep"]
 
@@ -127,7 +127,7 @@ def gather_dim(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
 def check_model(model: nn.Module, plan: PrunePlan) -> None:
     """Raise when ``model`` is not the architecture ``plan`` was made for."""
     if not isinstance(plan, PrunePlan):
-        raise TypeError(f"plan must be a PrunePlan from pybench.plan, got {type(plan).__name__}")
+        raise TypeError(f"plan must be a PrunePlan from pb.plan(...), got {type(plan).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     fp = [(n, tuple(p.shape)) for n, p in model.named_parameters()]

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import pybench as pb
 import pybench.criteria_data as cd  # registers the criteria (until pybench.criteria imports it)
-from pybench.plan import plan as make_plan  # pb.plan resolves to the module once pybench.plan is imported
+from pybench.planning import plan as make_plan
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*reference.*")
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import pybench as pb
 import pybench.criteria_data  # noqa: F401  (registers the data-driven criteria)
 from pybench import schedules
-from pybench.plan import plan as make_plan
+from pybench.planning import plan as make_plan
 from pybench.surgery import apply
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*reference.*")

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from pybench import ops
 from pybench.criteria import CRITERIA, register, unit_scores_from_filters
 from pybench.graph import ChannelGraph, Group
-from pybench.planning import PrunePlan, plan
+from pybench.planning import PrunePlan, global_removals, plan
+from pybench.train import logits_of
 
 __all__ = ["DATA_CRITERIA", "NORMALIZATIONS", "lfe_group", "masked_consumers", "normalize", "plan_global",
            "per_sample_loss"]
@@ -111,16 +112,6 @@ def per_sample_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if logits.dim() == 2 and logits.shape[1] == 1:
         return F.binary_cross_entropy_with_logits(logits[:, 0], target.to(logits.dtype), reduction="none")
     return F.cross_entropy(logits, target, reduction="none")
-
-
-def _logits(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise TypeError(f"the model returned {type(out).__name__}; expected a logits tensor [batch, classes]")
 
 
 def _channel_dim(m: nn.Module) -> int:
@@ -272,7 +263,7 @@ def _taylor(model: nn.Module, graph: ChannelGraph, data: Any = None, max_batches
         with _eval_mode(model), torch.enable_grad():
             for x, y in _iter_batches(data, "taylor", True, max_batches, _device(model)):
                 acts.clear()
-                loss = loss_fn(_logits(model(x)), y)
+                loss = loss_fn(logits_of(model(x)), y)
                 if not acts:
                     break
                 grads = torch.autograd.grad(loss, [a for _, a in acts], allow_unused=True)
@@ -516,7 +507,7 @@ class _SuffixRunner:
                 users_left[a] -= 1
                 if users_left[a] == 0 and a in env and a in self.dep:
                     del env[a]
-        return _logits(out)
+        return logits_of(out)
 
 
 def lfe_group(model: nn.Module, graph: ChannelGraph, group: Group, data: Iterable, *, fraction: float = 0.3,
@@ -566,7 +557,7 @@ def lfe_group(model: nn.Module, graph: ChannelGraph, group: Group, data: Iterabl
                         lambda mod, args, mu=mults_all[name][i:i + 1], m=modules[name]:
                         (_apply_mask(args[0], mu, m),) + tuple(args[1:])) for name, _ in maps]
                     try:
-                        logits = _logits(model(x))
+                        logits = logits_of(model(x))
                     finally:
                         for h in handles:
                             h.remove()
@@ -627,18 +618,7 @@ def plan_global(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio
         return plan(graph, scores, ratio=ratio, scope="global", round_to=round_to, min_channels=min_channels,
                     ignore=ignore)
     groups = list(arrays)
-    flat = torch.cat([arrays[g] for g in groups]).numpy()
-    owner = np.concatenate([np.full(g.size, i) for i, g in enumerate(groups)])
-    n_remove = int(math.floor(ratio * flat.size + 1e-9))
-    cap = np.array([g.size - min(min_channels, g.size) for g in groups])
-    taken = np.zeros(len(groups), dtype=np.int64)
-    for i in np.argsort(flat, kind="stable"):  # least important first, skipping groups at their floor
-        if n_remove == 0:
-            break
-        o = owner[i]
-        if taken[o] < cap[o]:
-            taken[o] += 1
-            n_remove -= 1
+    taken = global_removals([arrays[g].numpy() for g in groups], ratio, min_channels)
     keep: dict[Group, torch.Tensor] = {}
     notes: list[str] = []
     for i, g in enumerate(groups):

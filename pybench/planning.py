@@ -10,7 +10,7 @@ then applies the same per-group rules.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,6 +143,24 @@ def _choose(g: Group, s: np.ndarray, keep: int) -> np.ndarray:
     return np.sort(order[:keep])
 
 
+def global_removals(scores: Sequence[np.ndarray], ratio: float, min_channels: int) -> list[int]:
+    """How many channels each score vector loses when all are ranked together: the ``floor(ratio * total)`` least
+    important go, greedily from the least important, never taking a group below ``min_channels``."""
+    flat = np.concatenate(scores)
+    owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(scores)])
+    n_remove = int(math.floor(ratio * flat.size + 1e-9))
+    cap = [len(s) - min(min_channels, len(s)) for s in scores]
+    taken = [0] * len(scores)
+    for i in np.argsort(flat, kind="stable"):  # least important first, skipping groups at their floor
+        if n_remove == 0:
+            break
+        o = owner[i]
+        if taken[o] < cap[o]:
+            taken[o] += 1
+            n_remove -= 1
+    return taken
+
+
 def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float = 0.5, scope: str = "local",
          round_to: int = 1, min_channels: int = 1, ignore: Iterable[str] = ()) -> PrunePlan:
     """Decide the channels each group keeps.
@@ -171,21 +189,7 @@ def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float
     removals = {g: int(math.floor(ratio * g.size + 1e-9)) for g in arrays}
     if scope == "global" and arrays:
         normed = [s / (np.abs(s).mean() or 1.0) for s in arrays.values()]
-        flat = np.concatenate(normed)
-        owner = np.concatenate([np.full(g.size, i) for i, g in enumerate(arrays)])
-        n_remove = int(math.floor(ratio * flat.size + 1e-9))
-        cap = np.array([g.size - min(min_channels, g.size) for g in arrays])
-        order = np.argsort(flat, kind="stable")
-        taken = np.zeros(len(arrays), dtype=np.int64)
-        # greedy from the least important, skipping groups at their floor
-        for i in order:
-            if n_remove == 0:
-                break
-            o = owner[i]
-            if taken[o] < cap[o]:
-                taken[o] += 1
-                n_remove -= 1
-        removals = {g: int(taken[i]) for i, g in enumerate(arrays)}
+        removals = dict(zip(arrays, global_removals(normed, ratio, min_channels), strict=True))
     keep: dict[Group, torch.Tensor] = {}
     notes: list[str] = []
     for g, s in arrays.items():

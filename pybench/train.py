@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["train", "fine_tune", "evaluate", "make_optimizer", "make_scheduler", "History", "OPTIMIZERS",
+__all__ = ["train", "fine_tune", "evaluate", "logits_of", "make_optimizer", "make_scheduler", "History", "OPTIMIZERS",
            "SCHEDULERS"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -62,7 +62,7 @@ class History(list):
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
-def _logits(out: Any) -> torch.Tensor:
+def logits_of(out: Any) -> torch.Tensor:
     """The classification logits of a forward's output (torchvision's GoogLeNet / Inception return tuples in
     training mode whose first field is the main head)."""
     if isinstance(out, torch.Tensor):
@@ -71,7 +71,7 @@ def _logits(out: Any) -> torch.Tensor:
         return out.logits
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
-    raise TypeError(f"train: the model returned {type(out).__name__}; expected a logits tensor [batch, classes]")
+    raise TypeError(f"the model returned {type(out).__name__}; expected a logits tensor [batch, classes]")
 
 
 def _default_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -209,7 +209,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device | No
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(device, amp, amp_dtype):
-                logits = _logits(model(x))
+                logits = logits_of(model(x))
                 loss = loss_fn(logits, y)
             b = y.shape[0]
             total_loss += float(loss) * b
@@ -290,7 +290,7 @@ def train(model: nn.Module, train_loader: Iterable, epochs: int = 1, *, lr: floa
                 for i, (x, y) in enumerate(bar):
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     with _autocast(device, amp, amp_dtype):
-                        logits = _logits(model(x))
+                        logits = logits_of(model(x))
                         loss = loss_fn(logits, y)
                     if not torch.isfinite(loss.detach()):
                         raise FloatingPointError(f"train: the loss became {loss.item()} at epoch {epoch}, batch {i}; "

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._init import he_init
 from ._registry import register
 
 __all__ = ["CifarResNet", "BasicBlock", "PadShortcut", "cifar_resnet"]
@@ -108,12 +109,7 @@ class CifarResNet(nn.Module):
 
     def _init_weights(self) -> None:
         # He et al. initialisation (their reference [13]) for convolutions; BN starts as identity.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

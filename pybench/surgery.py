@@ -3,13 +3,13 @@
 One pruning function per layer type in ``PRUNERS`` (Torch-Pruning style): given the kept output ("out") and input
 ("in") indices of a module it returns the module's new tensors (gathered through ``ops.channel_gather``) and the
 attributes that must tell the truth (``in_channels``, ``out_channels``, ``groups``, ``num_features``,
-``in_features``, ``normalized_shape``...). The copy is made with ``copy.deepcopy`` whose memo is pre-seeded with the
-gathered tensors, so weights about to be replaced are never copied.
+``in_features``, ``normalized_shape``...). The copy is made by :func:`pybench._clone.clone_module` (a deepcopy
+without its per-attribute cost) whose memo is pre-seeded with the gathered tensors, so weights about to be
+replaced are never copied.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from pybench import ops
+from pybench._clone import clone_module
 from pybench.planning import PrunePlan
 
 __all__ = ["PRUNERS", "apply", "check_model", "slot_keep"]
@@ -169,9 +170,10 @@ def apply(model: nn.Module, plan: PrunePlan) -> nn.Module:
             params[(name, int(role))] = idx
     memo: dict[int, Any] = {}
     attrs: dict[str, dict[str, Any]] = {}
+    modules = dict(model.named_modules())
     with torch.no_grad():
         for name, roles in by_module.items():
-            m = model.get_submodule(name)
+            m = modules[name]
             pruner = next((fn for t, fn in PRUNERS.items() if type(m) is t), None)
             if pruner is None:
                 pruner = next((fn for t, fn in PRUNERS.items() if isinstance(m, t)), None)
@@ -187,9 +189,10 @@ def apply(model: nn.Module, plan: PrunePlan) -> nn.Module:
             t = memo[id(old)].data if id(old) in memo else old
             t = gather_dim(t, dim, idx)
             memo[id(old)] = nn.Parameter(t, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else t
-    pruned = copy.deepcopy(model, memo)
+    pruned = clone_module(model, memo)
+    new_modules = {name: memo[id(m)] for name, m in modules.items()}
     for name, values in attrs.items():
-        m = pruned.get_submodule(name)
+        m = new_modules[name]
         for k, v in values.items():
             setattr(m, k, v)
     return pruned

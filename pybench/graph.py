@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
-import torch.nn.functional as F
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -296,9 +295,7 @@ def _module_meta(name: str, m: nn.Module, args: tuple, kwargs: dict) -> Any:
         if x.ndim < 2 or x.shape[1] != m.in_channels:
             raise TraceError(f"{name} ({type(m).__name__}) expects {m.in_channels} input channels, got an input of "
                              f"shape {list(x.shape)}; check example_inputs' shape")
-        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[m.weight.ndim - 2]
-        w = torch.empty(m.weight.shape, dtype=x.dtype, device="meta")
-        return conv(x, w, None, m.stride, m.padding if isinstance(m.padding, str) else m.padding, m.dilation, m.groups)
+        return torch.empty(_conv_shape(m, x.shape), dtype=x.dtype, device="meta")
     if isinstance(m, nn.Linear):
         if x.shape[-1] != m.in_features:
             raise TraceError(f"{name} (Linear) expects {m.in_features} input features, got an input of shape "
@@ -313,7 +310,26 @@ def _module_meta(name: str, m: nn.Module, args: tuple, kwargs: dict) -> Any:
         return x
     state = {k: torch.empty(v.shape, dtype=v.dtype, device="meta")
              for k, v in list(m.named_parameters()) + list(m.named_buffers())}
+    if not state:  # pooling, flatten, stochastic depth...: forward itself (no hooks: they expect real tensors)
+        return m.forward(*args, **kwargs)
     return torch.func.functional_call(m, state, args, kwargs)
+
+
+def _conv_shape(m: nn.Module, shape: torch.Size) -> tuple[int, ...]:
+    """Output shape of convolution ``m`` (output padding of transposed convs excluded: those are not pruned here)."""
+    spatial = []
+    for i, size in enumerate(shape[2:]):
+        k, s, d = m.kernel_size[i], m.stride[i], m.dilation[i]
+        if m.padding == "same":
+            spatial.append(size)
+            continue
+        p = 0 if m.padding == "valid" else m.padding[i]
+        n = (size + 2 * p - d * (k - 1) - 1) // s + 1
+        if n < 1:
+            raise TraceError(f"convolution output would be empty: input size {size} with kernel {k}, stride {s}, "
+                             f"padding {p}, dilation {d}; check example_inputs' shape (image size)")
+        spatial.append(n)
+    return (shape[0], m.out_channels, *spatial)
 
 
 def _param_names(arg: Any, ctx: rules.TraceContext) -> Any:
@@ -428,7 +444,7 @@ def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False) -> Cha
         meta[node], desc[node] = out, d
         _provenance(ctx, node, desc)
     # a parameter read by an op no rule understands cannot be sliced
-    for key, ids in ctx.slots.items():
+    for key, ids in ctx.slots.items() if ctx.frozen else ():
         kind, name, _ = key
         pnames = [name] if kind == "param" else [f"{name}.{p}" for p, _ in modules[name].named_parameters()]
         for p in pnames:

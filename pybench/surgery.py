@@ -62,16 +62,25 @@ def prune_conv(m: nn.Module, out_idx: Idx, in_idx: Idx) -> tuple[dict, dict]:
         attrs = {"in_channels": n_in, "out_channels": _n(out_idx, cout), "groups": n_in}
     else:  # grouped with in == out, coupled channel by channel, equal numbers kept per group
         idx = in_idx if in_idx is not None else out_idx
-        per = cin // g
-        pieces = []
-        for b in range(g):
-            sel = idx[(idx >= b * per) & (idx < (b + 1) * per)]
-            pieces.append(ops.channel_gather(m.weight.detach(), sel, sel - b * per))
-        new["weight"] = torch.cat(pieces, 0)
+        new["weight"] = _grouped_weight(m.weight.detach(), idx.to(m.weight.device), cin // g, g)
         attrs = {"in_channels": int(idx.numel()), "out_channels": int(idx.numel())}
     if m.bias is not None and out_idx is not None:
         new["bias"] = _g(m.bias, out_idx)
     return {k: v for k, v in new.items() if v is not None}, attrs
+
+
+def _grouped_weight(w: torch.Tensor, idx: torch.Tensor, per: int, groups: int) -> torch.Tensor:
+    """Weight of a grouped conv (in == out, channel c in group c // per) keeping channels ``idx`` (sorted, the
+    same number in every group): rows ``idx``, and in each row the columns of its own group's kept channels."""
+    n = idx.numel()
+    rows = ops.channel_gather(w, idx, None)  # (n, per, *kernel)
+    group = torch.div(idx, per, rounding_mode="floor")
+    local = idx - group * per
+    if n % groups or not bool((torch.bincount(group, minlength=groups) == n // groups).all()):
+        raise ValueError(f"grouped conv: {n} kept channels are not the same number in each of its {groups} groups")
+    cols = local.view(groups, n // groups)[group]  # (n, kept per group)
+    index = cols.view(n, n // groups, *([1] * (w.dim() - 2))).expand(n, n // groups, *w.shape[2:])
+    return rows.gather(1, index).contiguous()
 
 
 @register(nn.Linear)

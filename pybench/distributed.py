@@ -86,8 +86,9 @@ class _RankBatches:
         return len(self.batch_sampler)  # type: ignore[arg-type]
 
 
-def _check_batches(loader: DataLoader, size: int) -> None:
-    """Refuse, before any process starts, a loader whose last batch is smaller than the number of processes."""
+def _check_batches(loader: DataLoader, size: int, max_batches: int | None = None) -> None:
+    """Refuse, before any process starts, a loader whose last batch is smaller than the number of processes (unless
+    ``max_batches`` stops every epoch before it)."""
     bs = getattr(loader, "batch_size", None)
     try:
         n = len(loader.dataset)  # type: ignore[arg-type]
@@ -99,6 +100,8 @@ def _check_batches(loader: DataLoader, size: int) -> None:
         raise ValueError(f"distributed.fine_tune: batch_size {bs} is smaller than the {size} processes; give the "
                          f"DataLoader a batch size of at least {size} (it is the global batch, split across them)")
     last = n % bs
+    if max_batches is not None and max_batches <= n // bs:  # the short last batch is never drawn
+        return
     if last and last < size and not loader.drop_last:
         raise ValueError(f"distributed.fine_tune: the last batch holds {last} sample(s) ({n} samples, batch_size "
                          f"{bs}) for {size} processes; pass drop_last=True to the DataLoader or change the batch "
@@ -241,7 +244,7 @@ def _fine_tune_in_group(model: nn.Module, train_loader: DataLoader, epochs: int,
     if device.type == "cuda":
         torch.cuda.set_device(device)
     loader = shard_loader(train_loader, rank, size)
-    _check_batches(train_loader, size)
+    _check_batches(train_loader, size, kwargs.get("max_batches"))
     model.to(device)
     swapped = sync_batchnorm(model, dist.new_group(backend=backend)) if sync_bn and size > 1 else []
     inner = _Weighted(model, size)
@@ -332,7 +335,7 @@ def fine_tune(model: nn.Module, train_loader: DataLoader, epochs: int = 1, *, np
     if nprocs == 1:
         return _train.fine_tune(model, train_loader, epochs, **kwargs)
     shard_loader(train_loader, 0, nprocs)  # the checks each process makes, before any process starts
-    _check_batches(train_loader, nprocs)
+    _check_batches(train_loader, nprocs, kwargs.get("max_batches"))
 
     threads = max(1, torch.get_num_threads() // nprocs) if be == "gloo" else torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="pybench-ddp-") as tmp:

@@ -8,13 +8,14 @@ records arrive; the runner's ``emit`` appends to the run folder's store and coun
     ex = RayExecutor(address="head-node:6379")          # or None: a local Ray instance on this machine
     ex.execute(folder, cells, run_id=..., env=..., timeout_s=900, isolation="group", emit=store_and_count)
 
-:class:`LocalExecutor` is the runner's own scheme (chunks of cells in fresh worker subprocesses, one after the
-other). :class:`RayExecutor` makes each cell one Ray task: ``num_gpus=1`` for a ``cuda`` cell (Ray picks the GPU and
-sets ``CUDA_VISIBLE_DEVICES``, so ``cuda:N`` in a suite means "one GPU" there), ``num_cpus=cpus_per_cell``
-otherwise. Inside the task the cell runs exactly as locally — in a worker subprocess with the runner's timeout and
-crash handling — so a cell that crashes or hangs gets a failed record as it would here. If the Ray worker itself
-dies (killed, its node lost), Ray runs the task again once (``max_retries=1``); a second loss is recorded as a
-failed cell, and only that cell is lost. Each record carries the environment of the machine that measured it.
+Both run cells through :func:`pybench.runner.run_cells`, the runner's own loop. :class:`LocalExecutor` is that
+loop here (chunks of cells in fresh worker subprocesses, one after the other). :class:`RayExecutor` makes each cell
+one Ray task: ``num_gpus=1`` for a ``cuda`` cell (Ray picks the GPU and sets ``CUDA_VISIBLE_DEVICES``, so
+``cuda:N`` in a suite means "one GPU" there), ``num_cpus=cpus_per_cell`` otherwise. Inside the task the cell runs
+exactly as locally — ``run_cells`` in a worker subprocess with the runner's timeout and crash handling — so a cell
+that crashes or hangs gets a failed record as it would here. If the Ray worker itself dies (killed, its node lost),
+Ray runs the task again once (``max_retries=1``); a second loss is recorded as a failed cell, and only that cell
+is lost. Each record carries the environment of the machine that measured it.
 
 The first cell of each prune group runs before the group's other cells, so they find its pruned model in the run
 folder's ``cache/`` instead of pruning again, when the Ray workers see the run folder (one machine, or a shared
@@ -35,9 +36,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pybench.runner import failed_record, run_cells
 from pybench.suite import Cell
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "get_executor", "run_cells", "EXECUTORS"]
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "get_executor", "EXECUTORS"]
 
 EXECUTORS = ("local", "ray")
 Emit = Callable[[dict[str, Any]], None]
@@ -46,59 +48,6 @@ Say = Callable[[str], None]
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-class _Sink:
-    """Quacks like :class:`pybench.results.Store` for the runner's chunk loop: append -> a callback."""
-
-    def __init__(self, emit: Emit) -> None:
-        self.emit = emit
-
-    def append(self, record: dict[str, Any]) -> None:
-        self.emit(record)
-
-
-class _NullBar:
-    """Quacks like the tqdm bar the runner's chunk loop updates; the driver's own bar counts the emitted records."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def write(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-def _timeouts(timeout_s: float, prepare_timeout_s: float | None) -> Any:
-    """The runner's chunk loop takes (per cell, per group preparation) timeouts, or one timeout in older versions."""
-    import inspect
-
-    from pybench import runner
-
-    if "timeouts" in inspect.signature(runner._run_chunk).parameters:
-        return float(timeout_s), float(prepare_timeout_s if prepare_timeout_s is not None else timeout_s)
-    return float(timeout_s)
-
-
-def run_cells(folder: str | os.PathLike, cells: Sequence[Cell], run_id: str, env: dict[str, Any], timeout_s: float,
-              emit: Emit, say: Say = _stderr, isolation: str = "group", tag: str = "",
-              prepare_timeout_s: float | None = None) -> None:
-    """Run ``cells`` here, each chunk (per ``isolation``) in a fresh worker subprocess, emitting one record per cell.
-
-    This is the runner's own loop (:func:`pybench.runner._run_chunk`): a crash, OOM kill or timeout fails the cell
-    that was running and a new worker goes on with the rest. ``prepare_timeout_s`` bounds a group's training,
-    pruning and fine-tuning (default: ``timeout_s``).
-    """
-    from pybench import runner
-
-    folder = Path(folder)
-    timeouts = _timeouts(timeout_s, prepare_timeout_s)
-    for n, chunk in enumerate(runner._chunks(list(cells), isolation)):
-        summary = runner.RunSummary(folder=folder, selected=len(chunk), skipped=0)
-        runner._run_chunk(folder, _Sink(emit), chunk, run_id, env, timeouts, _NullBar(), summary, say,
-                          f"{tag}{n}" if tag else n)
 
 
 class Executor:
@@ -144,7 +93,8 @@ class LocalExecutor(Executor):
     def execute(self, folder: str | os.PathLike, cells: Sequence[Cell], *, run_id: str, env: dict[str, Any],
                 timeout_s: float, isolation: str = "group", emit: Emit, say: Say = _stderr,
                 prepare_timeout_s: float | None = None) -> None:
-        run_cells(folder, cells, run_id, env, timeout_s, emit, say, isolation, prepare_timeout_s=prepare_timeout_s)
+        run_cells(folder, cells, run_id, env, timeout_s=timeout_s, prepare_timeout_s=prepare_timeout_s, emit=emit,
+                  say=say, isolation=isolation)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,8 +139,8 @@ def ray_task(folder: str, cell: dict[str, Any], run_id: str, env: dict[str, Any]
         config["device"] = "cuda"  # Ray's CUDA_VISIBLE_DEVICES leaves this task one GPU: index 0
     records: list[dict[str, Any]] = []
     c = Cell(cell["cell_id"], cell["group_id"], config)
-    run_cells(where, [c], run_id, env, timeout_s, records.append, say=lambda _: None, isolation="cell",
-              tag=f"ray-{os.getpid()}-", prepare_timeout_s=prepare_timeout_s)
+    run_cells(where, [c], run_id, env, timeout_s=timeout_s, prepare_timeout_s=prepare_timeout_s, emit=records.append,
+              say=lambda _: None, isolation="cell", tag=f"ray-{os.getpid()}-")
     for rec in records:
         rec["config"] = cell["config"]
         rec.setdefault("details", {})["executor"] = {"name": "ray", "node": socket.gethostname(),
@@ -301,8 +251,6 @@ class RayExecutor(Executor):
     def execute(self, folder: str | os.PathLike, cells: Sequence[Cell], *, run_id: str, env: dict[str, Any],
                 timeout_s: float, isolation: str = "group", emit: Emit, say: Say = _stderr,
                 prepare_timeout_s: float | None = None) -> None:
-        from pybench import runner
-
         cells = list(cells)
         if not cells:
             return
@@ -347,7 +295,7 @@ class RayExecutor(Executor):
                                                                    ray.exceptions.NodeDiedError)) \
                         else "its Ray task failed"
                     tries = self.max_retries + 1
-                    records = [runner._failed_record(cell, run_id, f"{what} ({tries} attempt(s)): "
+                    records = [failed_record(cell, run_id, f"{what} ({tries} attempt(s)): "
                                                      f"{type(e).__name__}: {why[0] if why else ''}", env)]
                 for rec in records:
                     rec["run_id"] = run_id

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,17 @@ from typing import Any
 from pybench.results import SCHEMA_VERSION, Store, clean_json, repair
 from pybench.suite import Cell, Suite, SuiteError, expand, filter_cells
 
-__all__ = ["run", "plan_run", "RunSummary", "RunPlan", "default_out", "latest_run"]
+__all__ = ["run", "run_cells", "plan_run", "failed_record", "RunSummary", "RunPlan", "default_out", "latest_run"]
 
 _PROTO = "PYBENCH-MSG "
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _run_id() -> str:
@@ -131,6 +135,22 @@ def _check_devices(cells: Iterable[Cell]) -> None:
             raise SuiteError("device 'mps' is in the suite but not available here; use --filter device=cpu")
 
 
+def _check_fine_tune(cells: Iterable[Cell]) -> None:
+    """NCCL fine-tuning needs a CUDA GPU per process here; refused before anything runs."""
+    import torch
+
+    for c in cells:
+        ft = c.config.get("fine_tune") or {}
+        procs, backend = _ft_procs(c.config)
+        if procs < 2 or backend != "nccl" or not ft.get("epochs"):
+            continue
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have < procs:
+            raise SuiteError(f"[run] fine_tune_backend = 'nccl' with fine_tune_processes = {procs} needs {procs} "
+                             f"CUDA GPUs, {have} visible here; use fine_tune_backend = 'gloo' (CPU processes) or "
+                             f"fewer processes")
+
+
 def _chunks(todo: list[Cell], isolation: str) -> list[list[Cell]]:
     out: list[list[Cell]] = []
     for c in todo:
@@ -146,7 +166,8 @@ def _chunks(todo: list[Cell], isolation: str) -> list[list[Cell]]:
     return out
 
 
-def _failed_record(cell: Cell, run_id: str, error: str, env: dict[str, Any], started: str | None = None) -> dict:
+def failed_record(cell: Cell, run_id: str, error: str, env: dict[str, Any], started: str | None = None) -> dict:
+    """The record of a cell that did not produce one itself (its worker crashed, hung or could not prepare it)."""
     return {"schema": SCHEMA_VERSION, "cell_id": cell.cell_id, "group_id": cell.group_id, "run_id": run_id,
             "status": "failed", "error": error, "config": cell.config, "achieved": {}, "metrics": {},
             "details": {}, "environment": env, "started": started or _now(), "finished": _now(), "duration_s": None}
@@ -235,7 +256,7 @@ def run(suite: Suite, out: str | os.PathLike | None = None, *, resume: bool = Fa
     Returns:
         RunSummary; ``exit_code`` is 1 when some cell failed.
     """
-    say = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    say = log or _stderr
     t0 = time.perf_counter()
     if out is None:
         if resume:
@@ -270,6 +291,7 @@ def run(suite: Suite, out: str | os.PathLike | None = None, *, resume: bool = Fa
     rp = plan_run(suite, folder, filters, retry_failed, shard)
     if executor is None or executor.name == "local":  # a Ray cluster's GPUs are checked by the executor
         _check_devices(rp.todo)
+        _check_fine_tune(rp.todo)
     summary = RunSummary(folder=folder, selected=len(rp.cells), skipped=len(rp.done))
     say(f"pybench: suite {suite.name!r}: {len(rp.cells)} cells selected, {len(rp.done)} already done, "
         f"{len(rp.todo)} to run in {rp.groups} prune groups -> {folder}")
@@ -277,19 +299,21 @@ def run(suite: Suite, out: str | os.PathLike | None = None, *, resume: bool = Fa
 
     bar = tqdm(total=len(rp.todo), desc=suite.name, unit="cell", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
+
+    def emit(rec: dict[str, Any]) -> None:  # only this process appends to the store
+        store.append(rec)
+        _count(rec, summary, bar)
+
+    timeout_s, prepare_timeout_s = float(suite.run["timeout_s"]), float(suite.run["prepare_timeout_s"])
     try:
         if executor is None:
-            for n, chunk in enumerate(_chunks(rp.todo, suite.run["isolation"])):
-                _run_chunk(folder, store, chunk, run_id, env, (float(suite.run["timeout_s"]),
-                           float(suite.run["prepare_timeout_s"])), bar, summary, say, n)
+            run_cells(folder, rp.todo, run_id, env, timeout_s=timeout_s, prepare_timeout_s=prepare_timeout_s,
+                      emit=emit, say=say, isolation=suite.run["isolation"],
+                      on_start=lambda c: bar.set_postfix_str(c.label(), refresh=True))
         else:
-            def emit(rec: dict[str, Any]) -> None:
-                store.append(rec)
-                _count(rec, summary, bar, say)
-
-            executor.execute(folder, rp.todo, run_id=run_id, env=env, timeout_s=float(suite.run["timeout_s"]),
-                             prepare_timeout_s=float(suite.run["prepare_timeout_s"]),
-                             isolation=suite.run["isolation"], emit=emit, say=say)
+            executor.execute(folder, rp.todo, run_id=run_id, env=env, timeout_s=timeout_s,
+                             prepare_timeout_s=prepare_timeout_s, isolation=suite.run["isolation"], emit=emit,
+                             say=say)
     finally:
         bar.close()
     summary.wall_s = time.perf_counter() - t0
@@ -298,17 +322,45 @@ def run(suite: Suite, out: str | os.PathLike | None = None, *, resume: bool = Fa
     return summary
 
 
-def _run_chunk(folder: Path, store: Store, chunk: list[Cell], run_id: str, env: dict[str, Any],
-               timeouts: tuple[float, float], bar: Any, summary: RunSummary, say: Callable[[str], None],
-               n: int | str) -> None:
+def run_cells(folder: str | os.PathLike, cells: Sequence[Cell], run_id: str, env: dict[str, Any], *,
+              timeout_s: float, prepare_timeout_s: float | None = None, emit: Callable[[dict[str, Any]], None],
+              say: Callable[[str], None] = _stderr, isolation: str = "group", tag: str = "",
+              on_start: Callable[[Cell], None] | None = None) -> None:
+    """Run ``cells`` on this machine, each chunk in a fresh worker subprocess; ``emit(record)`` once per cell.
+
+    The one loop behind :func:`run`, :class:`pybench.executors.LocalExecutor` and each Ray task: cells are cut in
+    chunks per ``isolation`` ("cell", "group" or "model": which cells share a worker process) and a crash, an
+    out-of-memory kill or a timeout ends only the cell that was running (it gets a failed record with the reason);
+    a new worker goes on with the rest.
+
+    Args:
+        folder: the run folder (its ``cache/`` holds trained and pruned models, ``logs/`` the workers' stderr).
+        cells: the cells to run, in order (a group's cells next to each other).
+        run_id: written into every record.
+        env: the environment for records of cells that never reached a worker.
+        timeout_s: per measured cell.
+        prepare_timeout_s: per group's preparation (training, pruning, fine-tuning) and the worker's start;
+            default ``timeout_s``.
+        emit: receives each record (ok or failed), in this process, as it arrives.
+        say: progress messages.
+        tag: prefix of the workers' log file names (executors keep theirs apart).
+        on_start: called with each cell as its measurement starts (the runner's progress bar).
+    """
+    timeouts = (float(timeout_s), float(prepare_timeout_s if prepare_timeout_s is not None else timeout_s))
+    for n, chunk in enumerate(_chunks(list(cells), isolation)):
+        _run_chunk(Path(folder), chunk, run_id, env, timeouts, emit, f"{tag}{n}", on_start)
+
+
+def _run_chunk(folder: Path, chunk: list[Cell], run_id: str, env: dict[str, Any], timeouts: tuple[float, float],
+               emit: Callable[[dict[str, Any]], None], name: str,
+               on_start: Callable[[Cell], None] | None) -> None:
     """Run ``chunk`` in workers until every cell has a record. ``timeouts``: (per cell measured, per group prepared:
-    training, pruning, fine-tuning — and the worker's start). ``n`` names the workers' log files.
-    pybench.executors calls this too (with a store-like sink and a bar-like object): keep the signature."""
+    training, pruning, fine-tuning — and the worker's start). ``name`` names the workers' log files."""
     remaining = {c.cell_id: c for c in chunk}
     attempt = 0
     while remaining:
         attempt += 1
-        log = folder / "logs" / f"worker-{os.getpid()}-{n}-{attempt}.log"
+        log = folder / "logs" / f"worker-{os.getpid()}-{name}-{attempt}.log"
         w = _Worker(folder, list(remaining.values()), log)
         current: str | None = None
         group: str | None = None
@@ -336,16 +388,15 @@ def _run_chunk(folder: Path, store: Store, chunk: list[Cell], run_id: str, env: 
                 group, current = msg["group_id"], None
             elif kind == "start":
                 current, started = msg["cell_id"], msg.get("time")
-                bar.set_postfix_str(remaining[current].label() if current in remaining else "", refresh=True)
+                if on_start is not None and current in remaining:
+                    on_start(remaining[current])
             elif kind == "record":
                 current = None
                 rec = msg["record"]
                 rec["run_id"] = run_id
                 if rec["cell_id"] in remaining:
-                    store.append(rec)
-                    _count(rec, summary, bar, say)
                     remaining.pop(rec["cell_id"])
-                current = None
+                    emit(rec)
         if error is None:
             continue
         if current is not None and current in remaining:
@@ -354,13 +405,11 @@ def _run_chunk(folder: Path, store: Store, chunk: list[Cell], run_id: str, env: 
             gid = group or next(iter(remaining.values())).group_id
             victims = [c for c in remaining.values() if c.group_id == gid]
         for c in victims:
-            rec = _failed_record(c, run_id, error, env, started)
-            store.append(rec)
-            _count(rec, summary, bar, say)
             remaining.pop(c.cell_id)
+            emit(failed_record(c, run_id, error, env, started))
 
 
-def _count(rec: dict[str, Any], summary: RunSummary, bar: Any, say: Callable[[str], None]) -> None:
+def _count(rec: dict[str, Any], summary: RunSummary, bar: Any) -> None:
     if rec["status"] == "ok":
         summary.ok += 1
     else:
@@ -436,7 +485,7 @@ class _Context:
             train.train(model, ld.train, t["epochs"], lr=t["lr"], momentum=t["momentum"],
                         weight_decay=t["weight_decay"], optimizer=t["optimizer"], scheduler=t["scheduler"] or None,
                         seed=cfg["seed"], max_batches=t["max_batches"] or None, progress=False, device="cpu")
-            recalibrate_bn(model, ld.train, t["bn_recalibrate_batches"])
+            train.recalibrate_bn(model, ld.train, t["bn_recalibrate_batches"])
             info.update(trained=True, train_s=time.perf_counter() - t0)
             buf = _state_bytes(model.state_dict())
             _atomic_write(path, buf)
@@ -446,34 +495,6 @@ class _Context:
         info.update(params=fl.params, macs=fl.total_macs)
         self._dense[key] = (model, info)
         return model, info
-
-
-def recalibrate_bn(model: Any, loader: Any, batches: int) -> None:
-    """Re-estimate BatchNorm running statistics over ``batches`` training batches (cumulative average, no grad).
-
-    After a short training or fine-tune the running statistics lag the weights (a model scoring well in train mode
-    and at chance in eval mode); one cheap pass fixes that. (This belongs in pybench.train; it lives here until
-    train has it.)"""
-    import torch
-    from torch import nn
-
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns or batches <= 0:
-        return
-    saved = [(m, m.momentum) for m in bns]
-    was_training = model.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over the pass
-    model.train()
-    try:
-        with torch.no_grad():
-            for _, (x, _y) in zip(range(batches), loader, strict=False):
-                model(x)
-    finally:
-        for m, mom in saved:
-            m.momentum = mom
-        model.train(was_training)
 
 
 def _state_bytes(obj: Any) -> bytes:
@@ -521,18 +542,47 @@ def prune_model(dense: Any, cfg: dict[str, Any], loaders: Any) -> Any:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _ft_kw(ft: dict[str, Any] | None) -> dict[str, Any]:
+def _ft_procs(cfg: dict[str, Any]) -> tuple[int, str]:
+    """(processes, backend) that fine-tune the cell's pruned model: ``[run] fine_tune_processes`` and
+    ``fine_tune_backend`` ("" = gloo: the runner trains on the CPU; "nccl": one GPU per process). Records written
+    before these settings existed ran one process."""
+    return int(cfg.get("fine_tune_processes") or 1), cfg.get("fine_tune_backend") or "gloo"
+
+
+def _ft_kw(ft: dict[str, Any] | None, cfg: dict[str, Any]) -> dict[str, Any]:
+    """pybench.train.fine_tune arguments of [fine_tune]; with more than one process also ``nprocs`` / ``backend``,
+    which route the fine-tuning to pybench.distributed.fine_tune (the schedules do the same on these keys)."""
     if not ft:
         return {}
-    return {"lr": ft["lr"], "momentum": ft["momentum"], "weight_decay": ft["weight_decay"],
-            "optimizer": ft["optimizer"], "scheduler": ft["scheduler"] or None,
-            "max_batches": ft["max_batches"] or None}
+    kw = {"lr": ft["lr"], "momentum": ft["momentum"], "weight_decay": ft["weight_decay"],
+          "optimizer": ft["optimizer"], "scheduler": ft["scheduler"] or None, "max_batches": ft["max_batches"] or None}
+    procs, backend = _ft_procs(cfg)
+    if procs > 1:
+        kw.update(nprocs=procs, backend=backend)
+    return kw
+
+
+def _fine_tune(model: Any, loader: Any, epochs: int, **kw: Any) -> None:
+    """One-shot's fine-tune after pruning: pybench.train.fine_tune on the CPU, or data-parallel over ``nprocs``
+    processes (pybench.distributed.fine_tune; with "nccl" each process takes a GPU and the model comes back to the
+    CPU)."""
+    if "nprocs" in kw:
+        from pybench import distributed
+
+        if kw.get("backend") != "nccl":
+            kw["device"] = "cpu"
+        distributed.fine_tune(model, loader, epochs, **kw)
+    else:
+        from pybench import train
+
+        train.fine_tune(model, loader, epochs, device="cpu", **kw)
 
 
 def _schedule(dense: Any, x: Any, cfg: dict[str, Any], data: Any, loaders: Any, kw: dict[str, Any]) -> Any:
     """Run a pybench.schedules schedule. ``level`` is its ``ratio``; for layerwise_alpha (no ratio) it becomes
     ``macs_target = 1 - level``; gradual_global stops at its accuracy ``target`` ([prune] schedule_options). The
-    schedule fine-tunes between its steps with the suite's [fine_tune] settings."""
+    schedule fine-tunes between its steps with the suite's [fine_tune] settings, data-parallel over
+    ``[run] fine_tune_processes`` processes when more than one."""
     from pybench import schedules
 
     name = cfg["schedule"]
@@ -544,7 +594,7 @@ def _schedule(dense: Any, x: Any, cfg: dict[str, Any], data: Any, loaders: Any, 
     extra: dict[str, Any] = {"criterion": cfg["criterion"], "data": data, "progress": False,
                              "train_loader": loaders.train if loaders else None,
                              "val_loader": (loaders.val or loaders.test) if loaders else None,
-                             "fine_tune_epochs": ft.get("epochs", 0), "fine_tune_kw": _ft_kw(ft),
+                             "fine_tune_epochs": ft.get("epochs", 0), "fine_tune_kw": _ft_kw(ft, cfg),
                              "criterion_kw": cfg["prune"]["criterion_options"] or None, **kw}
     if "ratio" in params:
         extra["ratio"] = cfg["level"]
@@ -567,26 +617,32 @@ def _pruned(ctx: _Context, cfg: dict[str, Any], group_id: str) -> tuple[Any, Any
         model = dense
     else:
         path = ctx.cache / f"pruned-{group_id}.pt"
+        made = path.with_suffix(".json")  # how the cached model was fine-tuned (processes), for its records
         model = None
         if path.exists():
             with contextlib.suppress(Exception):  # an unreadable cache is rebuilt
                 model = torch.load(path, map_location="cpu", weights_only=False)
+                info.update(json.loads(made.read_text()) if made.exists() else {})
         if model is None:
             loaders = ctx.loaders(cfg)
             t0 = time.perf_counter()
             model = prune_model(dense, cfg, loaders)
             info["prune_s"] = time.perf_counter() - t0
             ft = cfg["fine_tune"]
-            if ft and ft["epochs"] > 0 and cfg["schedule"] == "one_shot":  # the others fine-tune inside
+            how: dict[str, Any] = {}
+            if ft and ft["epochs"] > 0:
+                procs, backend = _ft_procs(cfg)
+                how = {"fine_tune_processes": procs, **({"fine_tune_backend": backend} if procs > 1 else {})}
+            if how and cfg["schedule"] == "one_shot":  # the other schedules fine-tune inside
                 t0 = time.perf_counter()
-                train.fine_tune(model, loaders.train, ft["epochs"], lr=ft["lr"], momentum=ft["momentum"],
-                                weight_decay=ft["weight_decay"], optimizer=ft["optimizer"],
-                                scheduler=ft["scheduler"] or None, seed=cfg["seed"],
-                                max_batches=ft["max_batches"] or None, progress=False, device="cpu")
-                recalibrate_bn(model, loaders.train, ft["bn_recalibrate_batches"])
+                _fine_tune(model, loaders.train, ft["epochs"], seed=cfg["seed"], progress=False,
+                           **_ft_kw(ft, cfg))
+                train.recalibrate_bn(model, loaders.train, ft["bn_recalibrate_batches"])
                 info["fine_tune_s"] = time.perf_counter() - t0
+            info.update(how)
             with contextlib.suppress(Exception):  # a model that does not pickle is simply not cached
                 _atomic_write(path, _state_bytes(model))
+                _atomic_write(made, json.dumps(how).encode())
         model.eval()
     fl = measure.flops(model, example_input(cfg))
     info.update(params=fl.params, macs=fl.total_macs, params_kept=fl.params / dinfo["params"],
@@ -705,7 +761,7 @@ def _worker_main(folder: str) -> int:
             err = f"preparing the group failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
             for c in cells:
                 cell = Cell(c["cell_id"], gid, c["config"])
-                send({"type": "record", "record": _failed_record(cell, "", err, env)})
+                send({"type": "record", "record": failed_record(cell, "", err, env)})
             continue
         for c in cells:
             started = _now()

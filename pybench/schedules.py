@@ -12,6 +12,17 @@ and a :class:`pybench.train.History` with one record per step: ``step``, ``macs`
 and what the step did. Fine-tuning goes through :func:`pybench.train.fine_tune`, which builds a fresh optimizer on
 every call: the optimizer is reset after each pruning step (Martineau). ``fine_tune_kw`` passes its settings (lr,
 momentum, ...; default the seed papers' SGD, lr 0.01). ``progress=False`` silences the tqdm bars.
+
+Data-parallel fine-tuning: with ``nprocs`` (and / or ``backend``, ``sync_batchnorm``) in ``fine_tune_kw`` each
+fine-tuning step runs through :func:`pybench.distributed.fine_tune` instead, over ``nprocs`` processes spawned for
+it (``backend="gloo"`` on the CPU, ``"nccl"`` with one GPU each); scoring, pruning and evaluation stay in the
+calling process. Inside an initialised process group (a script started by ``torchrun`` that called
+``torch.distributed.init_process_group()``) every fine-tuning step joins that group instead: run the same schedule
+on every rank (scoring and pruning are deterministic, so the ranks prune alike). The result is the one-process
+result to float tolerance (each step sees the same global batches; see :mod:`pybench.distributed`)::
+
+    pruned, history = pb.schedules.iterative(model, x, ratio=0.5, train_loader=tr,
+                                             fine_tune_kw={"lr": 0.01, "nprocs": 2, "backend": "gloo"})
 """
 
 from __future__ import annotations
@@ -66,11 +77,20 @@ def _check_criterion(criterion: str, data: Any) -> None:
         cd._require_data(criterion, data)
 
 
-def _check_epochs(epochs: Any, train_loader: Any) -> None:
+def _check_epochs(epochs: Any, train_loader: Any, fine_tune_kw: Mapping[str, Any] | None = None) -> None:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fine_tune_epochs must be an int >= 0, got {epochs!r}")
     if epochs:
         _check_loader(train_loader, "train_loader (needed when fine_tune_epochs > 0)")
+    kw = fine_tune_kw or {}
+    # checked here, before the scoring and pruning that the first fine-tuning step would otherwise wait for
+    n = kw.get("nprocs")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"fine_tune_kw: nprocs must be an int >= 1 (processes that fine-tune data-parallel), "
+                         f"got {n!r}")
+    if kw.get("backend") not in (None, "gloo", "nccl"):
+        raise ValueError(f"fine_tune_kw: backend {kw['backend']!r}; expected 'gloo' (CPU processes) or 'nccl' "
+                         "(one CUDA GPU per process)")
 
 
 class _Recorder:
@@ -111,10 +131,24 @@ def _plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: floa
     return plan(graph, scores, ratio=ratio, scope=scope, round_to=round_to, min_channels=min_channels, ignore=ignore)
 
 
+_DDP_KEYS = ("nprocs", "backend", "sync_batchnorm")  # pybench.distributed.fine_tune's own arguments
+
+
+def _in_process_group() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _tune(model: nn.Module, train_loader: Any, epochs: int, fine_tune_kw: Mapping[str, Any] | None) -> None:
+    """Fine-tune in place: data-parallel (pybench.distributed) when ``fine_tune_kw`` names processes or a backend,
+    or when this process is in an initialised process group (torchrun); else pybench.train.fine_tune."""
     if epochs > 0:
         kw = {"progress": False, **dict(fine_tune_kw or {})}
-        fine_tune(model, train_loader, epochs, **kw)
+        if any(k in kw for k in _DDP_KEYS) or _in_process_group():
+            from pybench import distributed  # imports torch.distributed machinery only when asked for
+
+            distributed.fine_tune(model, train_loader, epochs, **kw)
+        else:
+            fine_tune(model, train_loader, epochs, **kw)
 
 
 def _producer_key(g: Group) -> tuple[str, ...]:
@@ -150,6 +184,8 @@ def one_shot(model: nn.Module, example_inputs: Any, ratio: float | None = None, 
         criterion: a name in :data:`pybench.criteria.CRITERIA`; ``data`` feeds the data-driven ones (default:
             ``train_loader``); ``criterion_kw`` its options (e.g. ``{"max_batches": 4}``).
         scope, normalize_by: "local", or "global" ranking after :func:`pybench.criteria_data.normalize`.
+        fine_tune_epochs, fine_tune_kw: the fine-tuning after pruning (:func:`pybench.train.fine_tune` arguments;
+            ``nprocs`` / ``backend`` make it data-parallel, see the module docstring).
     History: step 0 the dense model, step 1 the pruned (and fine-tuned) model, with ``ratio``.
     """
     _check_model(model)
@@ -163,7 +199,7 @@ def one_shot(model: nn.Module, example_inputs: Any, ratio: float | None = None, 
                          f"got {macs_target!r}")
     data = train_loader if data is None else data
     _check_criterion(criterion, data)
-    _check_epochs(fine_tune_epochs, train_loader)
+    _check_epochs(fine_tune_epochs, train_loader, fine_tune_kw)
     _check_loader(val_loader, "val_loader", required=False)
     work = copy.deepcopy(model).eval()
     rec = _Recorder(example_inputs, val_loader)
@@ -211,7 +247,8 @@ def iterative(model: nn.Module, example_inputs: Any, ratio: float, steps: int = 
               ignore: Iterable[str] = (), progress: bool = True) -> tuple[nn.Module, History]:
     """``steps`` prune + fine-tune rounds reaching ``ratio`` of the original channels removed: after step i,
     ``ratio * i / steps`` of them are gone; each step re-scores the current model and fine-tunes with a fresh
-    optimizer (Martineau). History: step 0 dense, then one record per step with its ``ratio`` (cumulative)."""
+    optimizer (Martineau). History: step 0 dense, then one record per step with its ``ratio`` (cumulative).
+    ``fine_tune_kw`` with ``nprocs`` / ``backend`` fine-tunes each step data-parallel (see the module docstring)."""
     _check_model(model)
     if not (isinstance(ratio, (int, float)) and 0 <= ratio < 1):
         raise ValueError(f"iterative: ratio must be in [0, 1), got {ratio!r}")
@@ -219,7 +256,7 @@ def iterative(model: nn.Module, example_inputs: Any, ratio: float, steps: int = 
         raise ValueError(f"iterative: steps must be an int >= 1, got {steps!r}")
     data = train_loader if data is None else data
     _check_criterion(criterion, data)
-    _check_epochs(fine_tune_epochs, train_loader)
+    _check_epochs(fine_tune_epochs, train_loader, fine_tune_kw)
     _check_loader(val_loader, "val_loader", required=False)
     work = copy.deepcopy(model).eval()
     rec = _Recorder(example_inputs, val_loader)
@@ -271,7 +308,8 @@ def layerwise_alpha(model: nn.Module, example_inputs: Any, train_loader: Any, va
     ``baseline``: the accuracy drops are measured against the "dense" model's validation accuracy (bounding the
     total drop before fine-tuning) or the "current" model's (per layer, as the paper's section 3.2 reads).
     History: step 0 dense, then one record per pruned layer with ``round``, ``layer`` (its producers), ``removed``
-    and ``kept``.
+    and ``kept``. ``fine_tune_kw`` with ``nprocs`` / ``backend`` fine-tunes after each layer data-parallel (see the
+    module docstring); the accuracy searches stay in this process.
     """
     _check_model(model)
     if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
@@ -288,7 +326,7 @@ def layerwise_alpha(model: nn.Module, example_inputs: Any, train_loader: Any, va
     _check_loader(val_loader, "val_loader")
     data = train_loader if data is None else data
     _check_criterion(criterion, data)
-    _check_epochs(fine_tune_epochs, train_loader)
+    _check_epochs(fine_tune_epochs, train_loader, fine_tune_kw)
     work = copy.deepcopy(model).eval()
     rec = _Recorder(example_inputs, val_loader)
     dense = rec.add(0, work, time.perf_counter())
@@ -354,6 +392,7 @@ def gradual_global(model: nn.Module, example_inputs: Any, train_loader: Any, val
 
     History: step 0 dense, then every step with ``accepted`` (accuracy >= target) and ``channels`` (prunable
     channels left). Stops after the first rejected step, when nothing can be removed, or after ``max_steps``.
+    ``fine_tune_kw`` with ``nprocs`` / ``backend`` fine-tunes each step data-parallel (see the module docstring).
     """
     _check_model(model)
     if not isinstance(target, (int, float)) or not 0 <= target <= 1:
@@ -364,7 +403,7 @@ def gradual_global(model: nn.Module, example_inputs: Any, train_loader: Any, val
     _check_loader(val_loader, "val_loader")
     data = train_loader if data is None else data
     _check_criterion(criterion, data)
-    _check_epochs(fine_tune_epochs, train_loader)
+    _check_epochs(fine_tune_epochs, train_loader, fine_tune_kw)
     work = copy.deepcopy(model).eval()
     rec = _Recorder(example_inputs, val_loader)
     dense = rec.add(0, work, time.perf_counter(), accepted=True)

@@ -8,7 +8,8 @@ naming the file, the key and the allowed values.
 
 A cell's id is a hash of what it measures (model, its arguments and weights, criterion, schedule, level, batch
 size, dtype, device, seed, data, training, fine-tuning and pruning settings) — not of how often (repeats,
-iterations) nor of where the data lives — so resume and compare can match cells across runs and machines.
+iterations) nor of where the data lives, nor of how it runs ([run]: isolation, timeouts, the fine-tuning
+processes) — so resume and compare can match cells across runs and machines.
 Cells sharing (model, criterion, schedule, level, seed and the settings that shape the pruned model) form a prune
 group: the runner prunes once per group and measures every batch size, dtype and device of the group on it.
 """
@@ -38,6 +39,7 @@ SCHEDULES = ("one_shot", "iterative", "layerwise_alpha", "gradual_global")
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
           "bfloat16": "bfloat16", "bf16": "bfloat16"}
 ISOLATION = ("cell", "group", "model")
+FINE_TUNE_BACKENDS = ("", "gloo", "nccl")  # "": gloo (the runner fine-tunes on the CPU unless told "nccl")
 FILTER_KEYS = ("model", "criterion", "schedule", "level", "batch_size", "dtype", "device", "seed", "cell_id",
                "group_id")
 
@@ -62,7 +64,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "prune": {"scope": (str, "local"), "round_to": (int, 1), "min_channels": (int, 1), "ignore": (list, []),
               "calibration_batches": (int, 4), "example_batch_size": (int, 1), "criterion_options": (dict, {}),
               "schedule_options": (dict, {})},
-    "run": {"isolation": (str, "group"), "timeout_s": (float, 900.0), "prepare_timeout_s": (float, 7200.0)},
+    "run": {"isolation": (str, "group"), "timeout_s": (float, 900.0), "prepare_timeout_s": (float, 7200.0),
+            "fine_tune_processes": (int, 1), "fine_tune_backend": (str, "")},
 }
 _MODEL_KEYS = {"kwargs": dict, "input_size": list, "weights": str, "num_classes": int}
 _TABLES = tuple(_SCHEMA) + ("models",)
@@ -264,6 +267,18 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
     for key in ("timeout_s", "prepare_timeout_s"):
         if run[key] <= 0:
             raise SuiteError(f"{path} [run]: key {key!r} must be > 0 seconds, got {run[key]}")
+    # how many processes fine-tune data-parallel: an execution resource (like a thread count), not in the cell ids
+    if run["fine_tune_processes"] < 1:
+        raise SuiteError(f"{path} [run]: key 'fine_tune_processes' must be an integer >= 1 (1: one process, no "
+                         f"DDP), got {run['fine_tune_processes']}")
+    if run["fine_tune_backend"] not in FINE_TUNE_BACKENDS:
+        raise SuiteError(f"{path} [run]: key 'fine_tune_backend' has {run['fine_tune_backend']!r}; allowed values: "
+                         "gloo (CPU processes, the default), nccl (one CUDA GPU per process)")
+    procs, ft = run["fine_tune_processes"], tables["fine_tune"]
+    if procs > 1 and ft["epochs"] and data["batch_size"] < procs:
+        raise SuiteError(f"{path} [run]: fine_tune_processes = {procs} split each batch of [data] batch_size = "
+                         f"{data['batch_size']} across the processes; give a batch_size >= {procs} or fewer "
+                         "processes")
 
     models_raw = raw.get("models", {})
     if not isinstance(models_raw, dict):
@@ -369,7 +384,9 @@ def expand(suite: Suite) -> list[Cell]:
                                 where = {"batch_size": bs, "dtype": dtype, "device": device}
                                 config = {**copy.deepcopy(shaping), **where, "suite": suite.name,
                                           "data_root": suite.data["root"], "metrics": suite.metrics,
-                                          "timeout_s": suite.run["timeout_s"]}
+                                          "timeout_s": suite.run["timeout_s"],
+                                          "fine_tune_processes": suite.run["fine_tune_processes"],
+                                          "fine_tune_backend": suite.run["fine_tune_backend"]}
                                 cells.append(Cell(_digest({**ident_shaping, **where}), group_id, config))
     return cells
 

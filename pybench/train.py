@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["train", "fine_tune", "evaluate", "logits_of", "make_optimizer", "make_scheduler", "History", "OPTIMIZERS",
-           "SCHEDULERS"]
+__all__ = ["train", "fine_tune", "evaluate", "recalibrate_bn", "logits_of", "make_optimizer", "make_scheduler",
+           "History", "OPTIMIZERS", "SCHEDULERS"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step", "multistep")
@@ -327,3 +327,29 @@ def fine_tune(model: nn.Module, train_loader: Iterable, epochs: int = 1, **kwarg
     """:func:`train` with a fresh optimizer (the seed papers' SGD, lr 0.01 by default): the step after pruning."""
     kwargs.setdefault("desc", "fine-tune")
     return train(model, train_loader, epochs, **kwargs)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int) -> None:
+    """Re-estimate BatchNorm running statistics over ``batches`` training batches (cumulative average, no grad).
+
+    After a short training or fine-tune the running statistics lag the weights (a model scoring well in train mode
+    and at chance in eval mode); one cheap pass fixes that. The model's train/eval mode and its BatchNorm momenta
+    are restored; ``batches <= 0`` or a model without BatchNorm is left alone.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or batches <= 0:
+        return
+    saved = [(m, m.momentum) for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the pass
+    model.train()
+    try:
+        for _, (x, _y) in zip(range(batches), loader, strict=False):
+            model(x)
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        model.train(was_training)

@@ -120,6 +120,15 @@ def test_bad_input():
             distributed.fine_tune(m, _loader(), 1, nprocs=2, backend="nccl")
 
 
+def test_a_short_last_batch_is_fine_when_max_batches_stops_before_it():
+    loader = _loader(n=50)  # 7 batches of 7, then 1 sample: too few for 2 processes
+    distributed._check_batches(loader, 2, max_batches=7)  # an epoch of 7 batches never draws it
+    with pytest.raises(ValueError, match=r"last batch holds 1 sample\(s\)"):
+        distributed._check_batches(loader, 2, max_batches=8)
+    with pytest.raises(ValueError, match=r"last batch holds 1 sample\(s\)"):
+        distributed._check_batches(loader, 2)
+
+
 def test_one_process_is_plain_fine_tune(one_process):
     ref, _ = one_process
     m = _model()

@@ -129,3 +129,93 @@ def test_unavailable_device_is_refused_before_running(tmp_path):
     with pytest.raises(S.SuiteError, match="no such CUDA GPU.*--filter device=cpu"):
         runner.run(s, tmp_path, progress=False, log=lambda s: None)
     assert not (tmp_path / "records.jsonl").exists()
+
+
+DDP = """
+[suite]
+name = "ddp"
+[matrix]
+models = ["xor_mlp"]
+levels = [0.5]
+criteria = ["l1"]
+schedules = ["one_shot", "iterative"]
+[metrics]
+collect = ["macs", "accuracy"]
+[data]
+name = "xor"
+batch_size = 32
+eval_batch_size = 256
+options = {{ n_train = 320, n_val = 128, n_test = 256 }}
+[train]
+epochs = 3
+lr = 0.1
+[fine_tune]
+epochs = 1
+lr = 0.05
+max_batches = 6
+[prune]
+schedule_options = {{ iterative = {{ steps = 2 }} }}
+[run]
+isolation = "model"
+fine_tune_processes = {procs}
+"""
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """The same suite fine-tuned by 1 and by 2 gloo processes (one_shot: the runner's fine-tune; iterative: the
+    schedule's, twice)."""
+    runs = {}
+    for procs in (1, 2):
+        out = tmp_path_factory.mktemp(f"ddp{procs}")
+        summary = runner.run(S.loads(DDP.format(procs=procs), "ddp.toml"), out, progress=False, log=lambda s: None)
+        assert summary.failed == 0, summary.failures
+        runs[procs] = {r["cell_id"]: r for r in R.Store(out).records()}
+    runs["folder"] = out  # the 2-process run
+    return runs
+
+
+def test_two_fine_tuning_processes_give_the_same_cells_and_figures(ddp_runs):
+    one, two = ddp_runs[1], ddp_runs[2]
+    assert sorted(one) == sorted(two) and len(one) == 3  # dense + one_shot + iterative: the ids did not change
+    for cid, a in one.items():
+        b = two[cid]
+        assert a["group_id"] == b["group_id"]
+        for k in ("params", "macs", "dense_params", "dense_macs"):
+            assert a["achieved"][k] == b["achieved"][k], (a["config"]["schedule"], k)
+        # float32: 2 processes sum the gradients in another order; a few SGD steps keep that at rounding level
+        assert b["metrics"]["top1"] == pytest.approx(a["metrics"]["top1"], abs=2 / 256)
+        assert b["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-3)
+        if a["config"]["level"] == 0:
+            assert "fine_tune_processes" not in a["achieved"] and "fine_tune_processes" not in b["achieved"]
+        else:  # the records say how the measured model was fine-tuned
+            assert a["achieved"]["fine_tune_processes"] == 1 and "fine_tune_backend" not in a["achieved"]
+            assert (b["achieved"]["fine_tune_processes"], b["achieved"]["fine_tune_backend"]) == (2, "gloo")
+
+
+def test_nccl_fine_tuning_without_gpus_is_refused_before_running(tmp_path):
+    import torch
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("2 GPUs are visible")
+    s = S.loads(DDP.format(procs=2) + 'fine_tune_backend = "nccl"\n', "t.toml")
+    with pytest.raises(S.SuiteError, match="fine_tune_backend = 'nccl' with fine_tune_processes = 2 needs 2 CUDA "
+                                           "GPUs.*fine_tune_backend = 'gloo'"):
+        runner.run(s, tmp_path, progress=False, log=lambda s: None)
+    assert not (tmp_path / "records.jsonl").exists()
+
+
+def test_run_cells_reuses_the_cached_fine_tuned_model_and_says_how_it_was_made(ddp_runs):
+    """runner.run_cells (the loop the executors share) on the 2-process run folder: the pruned models come from its
+    cache (no pruning, no fine-tuning), and their records still say 2 gloo processes fine-tuned them."""
+    folder, two = ddp_runs["folder"], ddp_runs[2]
+    cells = [c for c in S.expand(S.loads(DDP.format(procs=1), "ddp.toml")) if c.level > 0]
+    got: list[dict] = []
+    runner.run_cells(folder, cells, "again", {}, timeout_s=120, emit=got.append, say=lambda s: None, tag="again-")
+    assert sorted(r["cell_id"] for r in got) == sorted(c.cell_id for c in cells)
+    for r in got:
+        assert r["status"] == "ok" and r["run_id"] == "again"
+        assert "prune_s" not in r["achieved"]  # loaded from cache/
+        assert (r["achieved"]["fine_tune_processes"], r["achieved"]["fine_tune_backend"]) == (2, "gloo")
+        assert r["metrics"]["top1"] == two[r["cell_id"]]["metrics"]["top1"]
+    assert list((folder / "logs").glob("worker-*-again-0-1.log"))

@@ -180,3 +180,99 @@ def test_bad_input_leaves_the_model_alone(xor):
         schedules.iterative(m, X1, 0.5, steps=2, criterion="act_mean", data=iter([]), fine_tune_epochs=0,
                             progress=False)
     assert _same(m, before)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data-parallel fine-tuning inside schedules (fine_tune_kw nprocs / backend, or a process group)
+# ---------------------------------------------------------------------------------------------------------------
+def _bn_task(dtype: torch.dtype = torch.float64):
+    """A seeded cifar_resnet20 (BatchNorm everywhere) on 8x8 inputs, its train loader (4 batches of 8) and a
+    validation loader, in ``dtype``."""
+    torch.manual_seed(0)
+    m = pb.zoo.create("cifar_resnet20", num_classes=4).to(dtype).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(48, 3, 8, 8, generator=g, dtype=dtype)
+    y = torch.randint(0, 4, (48,), generator=g)
+    tr = DataLoader(TensorDataset(x[:32], y[:32]), batch_size=8, shuffle=True,
+                    generator=torch.Generator().manual_seed(0))
+    va = DataLoader(TensorDataset(x[32:], y[32:]), batch_size=16)
+    return m, x[:1], tr, va
+
+
+FT_KW = {"lr": 0.05, "momentum": 0.9, "seed": 3}
+
+
+def test_iterative_with_two_gloo_processes_equals_one_process():
+    """Each of the 2 fine-tuning steps runs over 2 spawned gloo processes (BatchNorm synchronised); in float64 the
+    pruned model, its re-scored second step and the history match the one-process schedule to rounding."""
+    m, x, tr, va = _bn_task()
+    kw = {"ratio": 0.5, "steps": 2, "criterion": "l1", "train_loader": tr, "val_loader": va,
+          "fine_tune_epochs": 1, "progress": False}
+    ref, ref_hist = schedules.iterative(m, x, fine_tune_kw=FT_KW, **kw)
+    got, hist = schedules.iterative(m, x, fine_tune_kw={**FT_KW, "nprocs": 2, "backend": "gloo"}, **kw)
+    assert [(r["macs"], r["params"]) for r in hist] == [(r["macs"], r["params"]) for r in ref_hist]
+    assert [r["accuracy"] for r in hist] == [r["accuracy"] for r in ref_hist]
+    assert [r["loss"] for r in hist] == pytest.approx([r["loss"] for r in ref_hist], rel=1e-10)
+    sa, sb = got.state_dict(), ref.state_dict()
+    assert sa.keys() == sb.keys()
+    diff = max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa)
+    assert diff < 1e-10, diff
+    start = m.state_dict()
+    assert float((sa["conv1.weight"] - start["conv1.weight"][: sa["conv1.weight"].shape[0]]).abs().max()) > 1e-3
+
+
+def test_schedules_route_fine_tuning_by_fine_tune_kw(xor, monkeypatch):
+    """Without DDP keys the schedules call pybench.train.fine_tune exactly as before; nprocs=1 goes through
+    pybench.distributed.fine_tune, which is then the same plain fine-tune (bit-identical)."""
+    from pybench import distributed
+
+    m, ld = xor
+    seen: list[str] = []
+    real_plain, real_ddp = schedules.fine_tune, distributed.fine_tune
+    monkeypatch.setattr(schedules, "fine_tune", lambda *a, **k: (seen.append("plain"), real_plain(*a, **k))[1])
+    monkeypatch.setattr(distributed, "fine_tune", lambda *a, **k: (seen.append(f"ddp {k.get('nprocs')}"),
+                                                                   real_ddp(*a, **k))[1])
+    kw = {"criterion": "l1", "train_loader": ld.train, "fine_tune_epochs": 1, "progress": False}
+    plain, _ = schedules.one_shot(m, X1, 0.25, fine_tune_kw={"lr": 0.05}, **kw)
+    one, _ = schedules.one_shot(m, X1, 0.25, fine_tune_kw={"lr": 0.05, "nprocs": 1}, **kw)
+    assert seen == ["plain", "ddp 1"]
+    assert _same(one, _state(plain))
+
+
+def test_inside_a_process_group_fine_tuning_joins_it(xor, tmp_path, monkeypatch):
+    """As under torchrun: an initialised process group (here world size 1, gloo) routes fine-tuning through
+    pybench.distributed.fine_tune, which wraps the model in DDP in that group; the result is the plain one."""
+    import torch.distributed as dist
+
+    from pybench import distributed
+
+    m, ld = xor
+    kw = {"criterion": "l1", "train_loader": ld.train, "fine_tune_epochs": 1, "fine_tune_kw": {"lr": 0.05},
+          "progress": False}
+    ref, _ = schedules.one_shot(m, X1, 0.25, **kw)
+    calls = []
+    real = distributed._fine_tune_in_group
+    monkeypatch.setattr(distributed, "_fine_tune_in_group", lambda *a: (calls.append(1), real(*a))[1])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        got, _ = schedules.one_shot(m, X1, 0.25, **kw)
+    finally:
+        dist.destroy_process_group()
+    assert calls == [1]
+    for k, v in got.state_dict().items():
+        torch.testing.assert_close(v, ref.state_dict()[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_bad_process_counts_are_refused_before_pruning(xor, monkeypatch):
+    m, ld = xor
+    before = _state(m)
+    monkeypatch.setattr(schedules, "trace", lambda *a: pytest.fail("traced before checking fine_tune_kw"))
+    kw = {"criterion": "l1", "train_loader": ld.train, "fine_tune_epochs": 1, "progress": False}
+    with pytest.raises(ValueError, match="nprocs must be an int >= 1.*got 0"):
+        schedules.one_shot(m, X1, 0.25, fine_tune_kw={"nprocs": 0}, **kw)
+    with pytest.raises(ValueError, match="nprocs must be an int >= 1.*got 2.0"):
+        schedules.iterative(m, X1, 0.25, fine_tune_kw={"nprocs": 2.0}, **kw)
+    with pytest.raises(ValueError, match="backend 'mpi'; expected 'gloo'"):
+        schedules.gradual_global(m, X1, ld.train, ld.val, 0.5, fine_tune_kw={"nprocs": 2, "backend": "mpi"},
+                                 **{k: v for k, v in kw.items() if k != "train_loader"})
+    assert _same(m, before)

@@ -123,3 +123,29 @@ def test_spelling_out_a_default_keeps_the_cell_ids():
     b = [c.cell_id for c in S.expand(S.loads(TINY + "[train]\nepochs = 0\nbn_recalibrate_batches = 0\n"
                                              "[prune]\nscope = \"local\"\n", "b.toml"))]
     assert a == b
+
+
+FT = TINY.replace("[metrics]", '[data]\nname = "xor"\nbatch_size = 8\n[fine_tune]\nepochs = 1\n[metrics]')
+
+
+def test_fine_tune_processes_is_an_execution_resource_not_part_of_the_ids():
+    one = S.expand(S.loads(FT, "one.toml"))
+    two = S.expand(S.loads(FT + '[run]\nfine_tune_processes = 2\nfine_tune_backend = "gloo"\n', "two.toml"))
+    assert [(c.cell_id, c.group_id) for c in one] == [(c.cell_id, c.group_id) for c in two]
+    assert {(c.config["fine_tune_processes"], c.config["fine_tune_backend"]) for c in one} == {(1, "")}
+    assert {(c.config["fine_tune_processes"], c.config["fine_tune_backend"]) for c in two} == {(2, "gloo")}
+    assert [c.config["fine_tune"] for c in one] == [c.config["fine_tune"] for c in two]
+
+
+@pytest.mark.parametrize("run, match", [
+    ("fine_tune_processes = 0", "'fine_tune_processes' must be an integer >= 1.*got 0"),
+    ("fine_tune_processes = -2", "'fine_tune_processes' must be an integer >= 1.*got -2"),
+    ("fine_tune_processes = 1.5", "'fine_tune_processes' must be an integer, got 1.5"),
+    ("fine_tune_processes = true", "'fine_tune_processes' must be an integer, got True"),
+    ('fine_tune_processes = "2"', "'fine_tune_processes' must be an integer, got '2'"),
+    ('fine_tune_backend = "mpi"', "'fine_tune_backend' has 'mpi'; allowed values: gloo .*nccl"),
+    ("fine_tune_processes = 16", r"fine_tune_processes = 16 split each batch of \[data\] batch_size = 8"),
+])
+def test_bad_fine_tune_processes_name_the_key(run, match):
+    with pytest.raises(S.SuiteError, match=r"bad.toml \[run\]: .*" + match):
+        S.loads(FT + "[run]\n" + run + "\n", "bad.toml")

@@ -225,3 +225,21 @@ def test_amp_training_on_cuda(amp_dtype):
                    progress=False)
     assert next(model.parameters()).dtype == torch.float32  # AMP keeps master weights in fp32
     assert pb.train.evaluate(model, te, amp=True, amp_dtype=amp_dtype)["top1"] >= 0.97
+
+
+def test_recalibrate_bn_re_estimates_running_statistics_from_training_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, momentum=0.3), nn.Linear(4, 2)).eval()
+    x = torch.randn(40, 3) * 5 + 2
+    loader = DataLoader(TensorDataset(x, torch.zeros(40, dtype=torch.long)), batch_size=10)
+    pb.train.recalibrate_bn(model, loader, batches=3)
+    bn = model[1]
+    with torch.no_grad():
+        h = [model[0](x[i * 10:(i + 1) * 10]) for i in range(3)]  # the first 3 batches only
+    # a cumulative average of the 3 batches' statistics (means, unbiased variances), not a momentum-weighted one
+    torch.testing.assert_close(bn.running_mean, torch.stack([b.mean(0) for b in h]).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack([b.var(0) for b in h]).mean(0))
+    assert bn.num_batches_tracked.item() == 3 and bn.momentum == 0.3 and not model.training
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pb.train.recalibrate_bn(model, loader, batches=0)  # nothing to do
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -110,8 +110,12 @@ def _protected(g: Group, s: np.ndarray) -> np.ndarray:
     for mb in g.members:
         if mb.kind == "module" and mb.role != "out":
             continue
-        units = np.unique(mb.unit_of_index[mb.unit_of_index >= 0])
-        if 0 < units.size < g.size:
+        seen = np.zeros(g.size, dtype=bool)
+        seen[mb.unit_of_index[mb.unit_of_index >= 0]] = True
+        if seen.all():
+            continue
+        units = np.flatnonzero(seen)
+        if units.size:
             best.append(units[np.argmax(s[units])])
     return np.unique(np.asarray(best, dtype=np.int64))
 

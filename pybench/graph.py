@@ -308,6 +308,12 @@ def _to_meta(x: Any) -> Any:
 
 
 def _map(x: Any, fn) -> Any:
+    """``x`` with each fx Node replaced by ``fn(node)`` (torch.fx.node.map_arg, with the flat cases inlined)."""
+    t = type(x)
+    if t is tuple and not any(isinstance(v, (list, tuple, dict, slice)) for v in x):  # fx's are subclasses
+        return tuple(fn(v) if isinstance(v, torch.fx.Node) else v for v in x)
+    if t is dict and not x:
+        return {}
     return torch.fx.node.map_arg(x, fn)
 
 
@@ -371,7 +377,8 @@ def _elementwise_meta(fn: Any, args: tuple, kwargs: dict) -> torch.Tensor | None
         return None
     if any(isinstance(v, torch.Tensor) and v.device.type != "meta" for v in args):
         return None
-    shape = torch.broadcast_shapes(*(v.shape for v in args if isinstance(v, torch.Tensor)))
+    shapes = [v.shape for v in args if isinstance(v, torch.Tensor)]
+    shape = shapes[0] if len(shapes) == 1 or shapes[0] == shapes[1] else torch.broadcast_shapes(*shapes)
     dtype = torch.result_type(a, b)
     if true_div and not dtype.is_floating_point and not dtype.is_complex:
         dtype = torch.get_default_dtype()
@@ -429,17 +436,9 @@ def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False) -> Cha
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = _check_inputs(example_inputs)
+    graph = _fx_graph(model)
     if model.training:
-        culprit = next((f"{n} ({type(m).__name__})" for n, m in model.named_modules()
-                        if isinstance(m, _TRAINING_SENSITIVE) or type(m).__name__ == "StochasticDepth"), None)
-        if culprit is not None:  # a warning, not an error: the graph of BN / dropout nets is the same in eval
-            warnings.warn(f"trace: model is in training mode and {culprit} behaves differently there (and "
-                          "training-only branches such as aux heads are traced); call model.eval() first",
-                          TrainingModeWarning, stacklevel=2)
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as exc:  # fx raises many kinds; name the model and the cause
-        raise TraceError(f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+        _check_training_mode(model, graph)
     modules = dict(model.named_modules())
     ctx = rules.TraceContext()
     meta: dict[torch.fx.Node, Any] = {}
@@ -520,6 +519,39 @@ def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False) -> Cha
     fingerprint = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
     used = {k[1] for k in ctx.slots if k[0] == "module"}
     return ChannelGraph(ctx, {n: modules[n] for n in used}, fingerprint, [], notes)
+
+
+def _fx_graph(model: nn.Module) -> torch.fx.Graph:
+    try:
+        return _Tracer().trace(model)
+    except Exception as exc:  # fx raises many kinds; name the model and the cause
+        raise TraceError(f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_training_mode(model: nn.Module, graph: torch.fx.Graph) -> None:
+    """Training mode matters when it changes the graph (aux heads, training-only branches): an error. BN and
+    dropout only change values, which a trace does not read: a warning."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        eval_graph = _fx_graph(model)
+    finally:  # restore each module's own flag (a frozen BN may be in eval inside a training model)
+        for m, flag in flags:
+            m.training = flag
+    ours = [(n.op, str(n.target)) for n in graph.nodes]
+    theirs = [(n.op, str(n.target)) for n in eval_graph.nodes]
+    if ours != theirs:
+        at = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours),
+                                                                                            len(theirs)))
+        where = f"{ours[at][0]} {ours[at][1]}" if at < len(ours) else "its output"
+        raise TraceError(f"trace: {type(model).__name__} is in training mode and its graph differs from eval mode "
+                         f"from {where} on (training-only branches such as auxiliary heads); call model.eval() "
+                         "before tracing")
+    culprit = next((f"{n} ({type(m).__name__})" for n, m in model.named_modules()
+                    if isinstance(m, _TRAINING_SENSITIVE) or type(m).__name__ == "StochasticDepth"), None)
+    if culprit is not None:
+        warnings.warn(f"trace: model is in training mode and {culprit} behaves differently there (its graph is "
+                      "the same as in eval mode); call model.eval() first", TrainingModeWarning, stacklevel=3)
 
 
 def _provenance(ctx: rules.TraceContext, node: torch.fx.Node, desc: dict) -> None:

@@ -168,3 +168,14 @@ def test_training_mode_is_flagged():
     with warnings.catch_warnings():
         warnings.simplefilter("error", TrainingModeWarning)  # nothing mode-sensitive: no warning
         pb.trace(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)), torch.randn(1, 2))
+
+
+def test_training_mode_that_changes_the_graph_is_an_error():
+    m = torchvision.models.googlenet(num_classes=10, aux_logits=True, init_weights=False)  # train mode: aux heads
+    m.aux1.eval()  # a module's own flag survives the check
+    with pytest.raises(TraceError, match=r"GoogLeNet is in training mode and its graph differs from eval mode.*"
+                                         r"call model.eval\(\) before tracing"):
+        pb.trace(m, torch.randn(2, 3, 64, 64))
+    assert m.training and m.aux2.training and not m.aux1.training
+    g = pb.trace(m.eval(), torch.randn(2, 3, 64, 64))
+    assert g.groups

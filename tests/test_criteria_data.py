@@ -302,7 +302,7 @@ def test_plan_global_mean_equals_plan_global(resnet):
 
 def test_plan_global_none_ranks_raw_scores():
     torch.manual_seed(0)
-    m = pb.zoo.create("cifar_resnet20", num_classes=10)
+    m = pb.zoo.create("cifar_resnet20", num_classes=10).eval()
     g = pb.trace(m, torch.randn(1, 3, 32, 32))
     # group i's scores all sit at scale 10**i: without normalisation the low-scale groups go first
     s = {grp: (torch.rand(grp.size, dtype=torch.float64) + 1) * 10.0 ** i for i, grp in enumerate(g.groups)}

@@ -23,6 +23,7 @@ import torch.nn as nn
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pybench import _graph_fn_rules as fn_rules
 from pybench import _graph_rules as rules
 
 __all__ = ["ChannelGraph", "Group", "Member", "TraceError", "TrainingModeWarning", "trace"]
@@ -487,7 +488,7 @@ def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False) -> Cha
             if op == "call_function":
                 fn = node.target
                 where = f"{_scope(node)}: {getattr(fn, '__name__', str(fn))}"
-                rule = rules.FUNCTION_RULES.get(fn)
+                rule = fn_rules.FUNCTION_RULES.get(fn)
                 if fn is torch._assert:
                     meta[node], desc[node] = None, None
                     continue
@@ -496,7 +497,7 @@ def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False) -> Cha
                     out = _run(where, fn, *args, **kwargs)
             else:
                 where = f"{_scope(node)}: Tensor.{node.target}"
-                rule = rules.METHOD_RULES.get(node.target)
+                rule = fn_rules.METHOD_RULES.get(node.target)
                 out = _elementwise_meta(node.target, args, kwargs)
                 if out is None:
                     out = _run(where, getattr(args[0], node.target), *args[1:], **kwargs)

@@ -1,0 +1,376 @@
+"""Function and method rules: how each traced ``call_function`` / ``call_method`` moves, merges or consumes channels.
+
+:data:`FUNCTION_RULES` (keyed by the callable) and :data:`METHOD_RULES` (keyed by the tensor method's name) map each
+operation :mod:`pybench.graph` meets outside a module to a rule of the same contract as the module rules in
+:mod:`pybench._graph_rules` (the context, slots, unions, pins and blocks described there); they live apart from
+those so that each file holds one family of rules, and build on its trace context and shared helpers
+(:func:`~pybench._graph_rules.identity`, :func:`~pybench._graph_rules.elementwise`,
+:func:`~pybench._graph_rules.require_constant`). An operation no rule knows pins the channels it reads.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pybench._channels import along, compress, expand_to, reshape, vary_axes
+from pybench._graph_rules import Rule, _at_axis, _shape, elementwise, identity, require_constant
+
+# ---------------------------------------------------------------------------------------------------------------
+# Function / method rules: (ctx, where, args, kwargs, arg_ds, kwarg_ds, out, params) -> descriptor.
+# ``args`` hold meta tensors, ``arg_ds`` the descriptors at the same places, ``params`` the parameter names.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
+    if len(args) > i:
+        return args[i]
+    return kwargs.get(name, default)
+
+
+def unary_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    return identity(ctx, where, [args[0]], [ds[0]], out)
+
+
+def binary_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    operands = [(a, d, p) for a, d, p in zip(args, ds, params, strict=False)
+                if isinstance(a, torch.Tensor) or isinstance(a, (int, float))]
+    for key in ("other", "input"):
+        if key in kwargs:
+            operands.append((kwargs[key], kds.get(key), None))
+    return elementwise(ctx, where, operands, out)
+
+
+def where_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    return elementwise(ctx, where, list(zip(args, ds, params, strict=False)), out)
+
+
+def reshape_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    x, d = args[0], ds[0]
+    if not isinstance(out, torch.Tensor):
+        return None
+    res = reshape(d, _shape(x), _shape(out))
+    node = ctx.node
+    sizes = None
+    if node is not None and node.op == "call_method" and node.target in ("view", "reshape", "expand"):
+        sizes = node.args[1:]
+    elif node is not None and node.op == "call_function" and node.target is torch.reshape:
+        sizes = node.args[1:2]
+    if sizes is not None:
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = tuple(sizes[0])
+        if len(sizes) == out.ndim:
+            _pin_foreign_sizes(ctx, where, res, _shape(out), sizes)
+            if d is not None and res is not None and node.target != "expand":
+                return _check_target_sizes(ctx, where, d, res, _shape(x), _shape(out), sizes)
+    return res
+
+
+def _pin_foreign_sizes(ctx, where, res, out_shape, sizes) -> None:
+    """A size read from a tracked channel axis fixes that count where the reshaped tensor does not follow it."""
+    for a, s in enumerate(sizes):
+        p = ctx.prov.get(s) if not isinstance(s, (int, float)) else None
+        if not isinstance(p, tuple) or not p or p[0] != "direct":
+            continue
+        here = None
+        if res is not None and res.shape[a] > 1 and len(vary_axes(res)) == 1:
+            here = along(res, a, out_shape[a])
+        if here is None or here.size != p[1].size:
+            ctx.pin(p[1], f"{where}: uses another tensor's channel count as a size")
+        elif set(p[1].tolist()) != set(here.tolist()):
+            ctx.union(p[1], here, f"{where}: reshapes to the channel count of another tensor")
+
+
+def _aligned_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+    """Dims of ``a`` and ``b`` grouped so that each group's products match (how a reshape maps dims)."""
+    groups, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        gi, gj, pa, pb = [], [], 1, 1
+        if i < len(a):
+            pa, i = a[i], i + 1
+            gi.append(i - 1)
+        if j < len(b):
+            pb, j = b[j], j + 1
+            gj.append(j - 1)
+        while pa != pb and (i < len(a) or j < len(b)):
+            if (pa < pb and i < len(a)) or j >= len(b):
+                pa, i = pa * a[i], i + 1
+                gi.append(i - 1)
+            else:
+                pb, j = pb * b[j], j + 1
+                gj.append(j - 1)
+        groups.append((gi, gj))
+    return groups
+
+
+def _check_target_sizes(ctx, where, d, res, in_shape, out_shape, sizes):
+    """A reshape to explicit sizes stays valid after pruning only where the sizes follow the channel count."""
+    import torch.fx as fx
+
+    def is_dyn(s: Any) -> bool:
+        return isinstance(s, fx.Node) or s == -1
+
+    full_in = expand_to(d, in_shape)
+    res_full = res
+    for gi, gj in _aligned_groups(in_shape, out_shape):
+        if not any(d.shape[a] > 1 for a in gi):
+            continue
+        tracked_out = [a for a in gj if res.shape[a] > 1]
+        dyn = [a for a in gj if is_dyn(sizes[a])]
+        if not dyn:
+            ctx.pin(full_in, f"{where}: reshapes channels to fixed sizes")
+            return None
+        if len(gi) == 1 and len(gj) > 1:  # channels split into factors: only the dynamic factor may shrink
+            if len(dyn) > 1:
+                ctx.pin(full_in, f"{where}: splits channels into several dynamic factors")
+                return None
+            const = [a for a in gj if a not in dyn and out_shape[a] > 1]
+            if const:
+                g = expand_to(res_full, out_shape)
+                g = np.moveaxis(g, const, list(range(len(const))))
+                g = g.reshape(int(np.prod([out_shape[a] for a in const])), -1)
+                for row in g[1:]:
+                    ctx.union(g[0], row, f"{where}: splits channels into fixed-size factors")
+        del tracked_out
+    return res
+
+
+def permute_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    d = ds[0]
+    if d is None:
+        return None
+    dims = args[1:] if len(args) > 1 else (kwargs.get("dims"),)
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    return np.ascontiguousarray(np.transpose(d, [int(a) % d.ndim for a in dims]))
+
+
+def transpose_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    d = ds[0]
+    if d is None:
+        return None
+    a, b = _arg(args, kwargs, 1, "dim0"), _arg(args, kwargs, 2, "dim1")
+    return np.ascontiguousarray(np.swapaxes(d, int(a), int(b)))
+
+
+def movedim_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    d = ds[0]
+    if d is None:
+        return None
+    return np.ascontiguousarray(np.moveaxis(d, _arg(args, kwargs, 1, "source"), _arg(args, kwargs, 2, "destination")))
+
+
+def expand_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    d = ds[0]
+    if d is None:
+        return None
+    return d.reshape((1,) * (out.ndim - d.ndim) + d.shape)
+
+
+def repeat_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    d = ds[0]
+    if d is None:
+        return None
+    reps = args[1:]
+    if len(reps) == 1 and isinstance(reps[0], (tuple, list)):
+        reps = tuple(reps[0])
+    d = d.reshape((1,) * (len(reps) - d.ndim) + d.shape)
+    reps = [int(r) if d.shape[i] > 1 else 1 for i, r in enumerate(reps)]
+    return np.tile(d, reps)
+
+
+def getitem_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    obj, idx = args[0], args[1]
+    d = ds[0]
+    if d is None:
+        return None
+    if isinstance(d, (tuple, list)):
+        return d[idx]
+    if not isinstance(obj, torch.Tensor):
+        return None
+    index = idx if isinstance(idx, tuple) else (idx,)
+    if any(isinstance(i, torch.Tensor) or isinstance(i, (list, tuple)) for i in index):
+        ctx.pin(d, f"{where}: indexes channels with a tensor")
+        return None
+    full = expand_to(d, _shape(obj))
+    return compress(full[index])
+
+
+def cat_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    tensors = _arg(args, kwargs, 0, "tensors")
+    tds = ds[0] if ds and ds[0] is not None else kds.get("tensors")
+    tparams = params[0] if params and isinstance(params[0], (tuple, list)) else [None] * len(tensors)
+    dim = int(_arg(args, kwargs, 1, "dim", 0)) % out.ndim
+    if tds is None or all(d is None for d in tds):
+        return None
+    tracked = [d for d in tds if d is not None]
+    if all(d.shape[dim] == 1 for d in tracked):
+        # concatenated along an axis the channels do not live on (e.g. ViT's class token): channels align
+        operands = []
+        for t, d, p in zip(tensors, tds, tparams, strict=False):
+            shape = list(t.shape)
+            shape[dim] = 1
+            operands.append((torch.empty(shape, device="meta"), d, p))
+        shape = list(out.shape)
+        shape[dim] = 1
+        return elementwise(ctx, where, operands, torch.empty(shape, device="meta"))
+    if any(len(vary_axes(d)) > 1 or (vary_axes(d) and vary_axes(d) != [dim]) for d in tracked):
+        ctx.pin_all(tracked, f"{where}: concatenates channels spread over several axes")
+        return None
+    pieces = []
+    for t, d in zip(tensors, tds, strict=False):
+        n = t.shape[dim]
+        pieces.append(np.full(n, -1, dtype=np.int64) if d is None else along(d, dim, n))
+    return _at_axis(np.concatenate(pieces), dim, out.ndim)
+
+
+def stack_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    tensors = _arg(args, kwargs, 0, "tensors")
+    tds = ds[0]
+    dim = int(_arg(args, kwargs, 1, "dim", 0)) % out.ndim
+    if tds is None or all(d is None for d in tds):
+        return None
+    shape = list(out.shape)
+    shape[dim] = 1
+    operands = [(t.unsqueeze(dim), None if d is None else np.expand_dims(d, dim), None)
+                for t, d in zip(tensors, tds, strict=False)]
+    return elementwise(ctx, where, operands, torch.empty(shape, device="meta"))
+
+
+def split_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    x, d = args[0], ds[0]
+    if d is None:
+        return None
+    if not isinstance(out, (tuple, list)):
+        return None
+    if "unbind" in where:
+        dim = int(_arg(args, kwargs, 1, "dim", 0)) % x.ndim
+    else:
+        dim = int(_arg(args, kwargs, 2, "dim", 0)) % x.ndim
+    if d.shape[dim] > 1:
+        if "chunk" in where and len(out) > 1:  # equal pieces of whatever is left: equal removal per piece
+            if len(vary_axes(d)) > 1 or x.shape[dim] % len(out):
+                ctx.pin(d, f"{where}: chunks channels spread over several axes")
+                return tuple(None for _ in out)
+            ctx.block(along(d, dim, x.shape[dim]), len(out), f"{where}: chunks channels")
+        else:  # split sizes / unbind count are fixed numbers
+            ctx.pin(d, f"{where}: splits channels at fixed sizes")
+            return tuple(None for _ in out)
+    if d.shape[dim] == 1:
+        res = [d for _ in out]
+    else:
+        full = expand_to(d, _shape(x))
+        bounds = np.cumsum([0] + [int(o.shape[dim]) if o.ndim == x.ndim else 1 for o in out])
+        res = []
+        for i, o in enumerate(out):
+            piece = full[(slice(None),) * dim + (slice(bounds[i], bounds[i + 1]),)]
+            if o.ndim != x.ndim:
+                piece = piece.squeeze(dim)
+            res.append(compress(piece))
+    return tuple(res)
+
+
+def reduce_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    x, d = args[0], ds[0]
+    if d is None:
+        return None
+    dim = _arg(args, kwargs, 1, "dim")
+    keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
+    if dim is None:
+        axes = list(range(x.ndim))
+    elif isinstance(dim, (tuple, list)):
+        axes = [int(a) % x.ndim for a in dim]
+    else:
+        axes = [int(dim) % x.ndim]
+    if not require_constant(ctx, d, axes, f"{where}: reduces over channels"):
+        return None
+    res = d if keepdim else np.squeeze(d, axis=tuple(axes))
+    if isinstance(out, (tuple, list)):  # max/min with dim -> (values, indices)
+        return (res, res)
+    return res
+
+
+def softmax_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    d = ds[0]
+    if d is None:
+        return None
+    dim = int(_arg(args, kwargs, 1, "dim", -1)) % d.ndim
+    if not require_constant(ctx, d, [dim], f"{where}: normalises across channels"):
+        return None
+    return d
+
+
+def spatial_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    d = ds[0]
+    if d is None:
+        return None
+    if not require_constant(ctx, d, list(range(2, d.ndim)), f"{where}: pools over channels"):
+        return None
+    return d if out.ndim == d.ndim else None
+
+
+def layer_norm_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    ctx.pin_all(ds, f"{where}: functional layer_norm across channels")
+    return None
+
+
+def no_tensor_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    return None
+
+
+def _stochastic_depth() -> Any:
+    try:
+        from torchvision.ops import stochastic_depth
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return None
+    return stochastic_depth
+
+
+_UNARY_FUNCS = [torch.relu, torch.sigmoid, torch.tanh, torch.abs, torch.neg, torch.exp, torch.clamp, torch.clip,
+                torch.nn.functional.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh,
+                F.leaky_relu, F.elu, F.mish, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+                F.hardtanh, F.softplus, operator.neg, torch.square, torch.sqrt, torch.rsqrt,
+                torch.erf, torch.log, torch.clone, torch.nan_to_num]
+
+FUNCTION_RULES: dict[Any, Rule] = {f: unary_fn for f in _UNARY_FUNCS}
+FUNCTION_RULES.update({
+    torch.flatten: reshape_fn, torch.reshape: reshape_fn, torch.squeeze: reshape_fn, torch.unsqueeze: reshape_fn,
+    torch.unflatten: reshape_fn,
+    torch.permute: permute_fn, torch.transpose: transpose_fn, torch.movedim: movedim_fn, torch.swapaxes: transpose_fn,
+    operator.add: binary_fn, operator.sub: binary_fn, operator.mul: binary_fn, operator.truediv: binary_fn,
+    operator.iadd: binary_fn, operator.imul: binary_fn, torch.add: binary_fn, torch.sub: binary_fn,
+    torch.mul: binary_fn, torch.div: binary_fn, torch.maximum: binary_fn, torch.minimum: binary_fn,
+    torch.where: where_fn,
+    operator.getitem: getitem_fn,
+    torch.cat: cat_fn, torch.concat: cat_fn, torch.stack: stack_fn,
+    torch.split: split_fn, torch.chunk: split_fn, torch.tensor_split: split_fn, torch.unbind: split_fn,
+    torch.mean: reduce_fn, torch.sum: reduce_fn, torch.amax: reduce_fn, torch.amin: reduce_fn,
+    F.softmax: softmax_fn, F.log_softmax: softmax_fn, torch.softmax: softmax_fn,
+    F.adaptive_avg_pool2d: spatial_fn, F.adaptive_max_pool2d: spatial_fn, F.avg_pool2d: spatial_fn,
+    F.max_pool2d: spatial_fn, F.adaptive_avg_pool1d: spatial_fn, F.interpolate: spatial_fn,
+    F.layer_norm: layer_norm_fn,
+    torch._assert: no_tensor_fn, getattr: no_tensor_fn, operator.floordiv: no_tensor_fn, len: no_tensor_fn,
+})
+if _stochastic_depth() is not None:
+    FUNCTION_RULES[_stochastic_depth()] = unary_fn
+
+METHOD_RULES: dict[str, Rule] = {name: unary_fn for name in (
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "contiguous", "clone", "detach",
+    "float", "double", "half", "bfloat16", "to", "type_as", "abs", "neg", "exp", "sqrt", "square", "nan_to_num",
+    "hardswish", "gelu", "silu", "requires_grad_")}
+METHOD_RULES.update({
+    "view": reshape_fn, "reshape": reshape_fn, "flatten": reshape_fn, "squeeze": reshape_fn, "unsqueeze": reshape_fn,
+    "unflatten": reshape_fn, "view_as": reshape_fn, "reshape_as": reshape_fn,
+    "permute": permute_fn, "transpose": transpose_fn, "movedim": movedim_fn, "swapaxes": transpose_fn,
+    "expand": expand_fn, "expand_as": expand_fn, "repeat": repeat_fn,
+    "add": binary_fn, "add_": binary_fn, "sub": binary_fn, "sub_": binary_fn, "mul": binary_fn, "mul_": binary_fn,
+    "div": binary_fn, "div_": binary_fn,
+    "split": split_fn, "chunk": split_fn, "tensor_split": split_fn, "unbind": split_fn,
+    "mean": reduce_fn, "sum": reduce_fn, "amax": reduce_fn, "amin": reduce_fn, "max": reduce_fn, "min": reduce_fn,
+    "softmax": softmax_fn, "log_softmax": softmax_fn,
+    "size": no_tensor_fn, "dim": no_tensor_fn, "numel": no_tensor_fn,
+})

@@ -290,6 +290,20 @@ class _Tracer(torch.fx.Tracer):
             return {k: self.create_arg(v) for k, v in a.items()}
         return super().create_arg(a)
 
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        # fx's own, without the scope context manager that only feeds the scope table create_node no longer keeps
+        path = self.path_of_module(m)
+        n = self.num_calls.get(path, 0)
+        key = f"{path}@{n}" if n else path
+        self.num_calls[path] = n + 1
+        self.module_stack[key] = (path, type(m))
+        try:
+            if not self.is_leaf_module(m, path):
+                return forward(*args, **kwargs)
+            return self.create_proxy("call_module", path, args, kwargs)
+        finally:
+            self.module_stack.pop(key, None)
+
     def create_node(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
                     type_expr: Any = None) -> torch.fx.Node:
         # no scope table, stack traces or copied module stack: only the innermost module, for messages (_scope)

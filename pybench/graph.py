@@ -23,6 +23,7 @@ import torch.nn as nn
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pybench import _gc
 from pybench import _graph_fn_rules as fn_rules
 from pybench import _graph_rules as rules
 
@@ -451,6 +452,11 @@ def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False) -> Cha
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = _check_inputs(example_inputs)
+    with _gc.paused():
+        return _trace(model, inputs, strict)
+
+
+def _trace(model: nn.Module, inputs: tuple, strict: bool) -> ChannelGraph:
     graph = _fx_graph(model)
     if model.training:
         _check_training_mode(model, graph)
@@ -566,7 +572,7 @@ def _check_training_mode(model: nn.Module, graph: torch.fx.Graph) -> None:
                     if isinstance(m, _TRAINING_SENSITIVE) or type(m).__name__ == "StochasticDepth"), None)
     if culprit is not None:
         warnings.warn(f"trace: model is in training mode and {culprit} behaves differently there (its graph is "
-                      "the same as in eval mode); call model.eval() first", TrainingModeWarning, stacklevel=3)
+                      "the same as in eval mode); call model.eval() first", TrainingModeWarning, stacklevel=4)
 
 
 def _provenance(ctx: rules.TraceContext, node: torch.fx.Node, desc: dict) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from pybench import ops
+from pybench import _gc, ops
 from pybench._clone import clone_module
 from pybench.planning import PrunePlan
 
@@ -169,6 +169,11 @@ def apply(model: nn.Module, plan: PrunePlan) -> nn.Module:
     ``in_features``, ``normalized_shape``...) describe its new weights.
     """
     check_model(model, plan)
+    with _gc.paused():
+        return _apply(model, plan)
+
+
+def _apply(model: nn.Module, plan: PrunePlan) -> nn.Module:
     keep = slot_keep(plan)
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     params: dict[tuple[str, int], torch.Tensor] = {}

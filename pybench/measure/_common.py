@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pybench import _gc
+
 Inputs = torch.Tensor | Sequence[Any] | Mapping[str, Any]
 
 _DTYPE_NAMES: dict[str, torch.dtype] = {
@@ -235,14 +237,8 @@ def on_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Collect, then keep Python's garbage collector off while timing (as timeit and torch.utils.benchmark do)."""
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with _gc.paused(collect=True):
         yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @contextlib.contextmanager

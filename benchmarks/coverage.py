@@ -5,8 +5,9 @@
 Each (model, tool) runs in its own subprocess (Torch-Pruning can hang in graph build; a timeout is an error).
 - pybench "ok": trace + l1 + plan + apply at ``--ratio``; the pruned model runs, keeps the output shape, has fewer
   parameters, and its outputs equal ``pb.mask``'s (rtol 1e-4, atol 1e-5 after BN calibration).
-- Torch-Pruning "ok": MagnitudePruner (L1) at ``--ratio`` with the last Linear ignored; the model runs, keeps the
-  output shape and has fewer parameters (it has no masked oracle: shape-checked only).
+- Torch-Pruning "ok": MagnitudePruner (L1) at ``--ratio`` with the classifier ignored (the last Linear, else the
+  last conv); the model runs, keeps the output shape and has fewer parameters (it has no masked oracle:
+  shape-checked only).
 Prints a table of model families x ok / error for both tools, then every error.
 """
 
@@ -18,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 FAMILIES = ["wide_resnet", "resnext", "resnet", "vgg", "mobilenet_v2", "mobilenet_v3", "efficientnet_v2",
@@ -92,7 +94,9 @@ def worker(name: str, tool: str, size: int, ratio: float) -> dict:
     else:
         import torch_pruning as tp
 
-        classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+        # the classifier: the last Linear, or the last conv of an all-conv net (SqueezeNet); pybench finds it alone
+        classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:] or \
+            [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1:]
         pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
                                            pruning_ratio=ratio, ignored_layers=classifier)
         pruner.step()
@@ -131,13 +135,17 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", help="default: all torchvision classification models")
     ap.add_argument("--tools", nargs="*", default=["pybench", "torch_pruning"])
     ap.add_argument("--json", help="also write every result to this JSON Lines file")
+    ap.add_argument("--from-json", nargs="+", metavar="FILE",
+                    help="print the table of earlier --json files (e.g. of runs split by --models) instead of running")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.size, args.ratio)))
         return
-    import pandas as pd
+    if args.from_json:
+        rows = [json.loads(ln) for f in args.from_json for ln in Path(f).read_text().splitlines() if ln.strip()]
+        report({(r["model"], r["tool"]): r for r in rows}.values())  # a later file's row replaces an earlier one
+        return
     import torchvision
-    from tabulate import tabulate
 
     names = args.models or sorted(torchvision.models.list_models(module=torchvision.models))
     rows = []
@@ -150,7 +158,15 @@ def main() -> None:
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(r) + "\n")
-    df = pd.DataFrame(rows)
+    report(rows)
+
+
+def report(rows: Iterable[dict]) -> None:
+    """Print the family x tool table of ok / total, then every error."""
+    import pandas as pd
+    from tabulate import tabulate
+
+    df = pd.DataFrame(list(rows))
     df["family"] = df["model"].map(family)
     table = (df.assign(ok=df["ok"].astype(int), n=1).groupby(["family", "tool"])[["ok", "n"]].sum()
              .apply(lambda r: f"{r['ok']}/{r['n']}", axis=1).unstack("tool"))

@@ -377,9 +377,9 @@ def _module_meta(name: str, m: nn.Module, args: tuple, kwargs: dict) -> Any:
 _ADAPTIVE_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
                    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 # binary element-wise ops whose meta kernels run through Python references (~130 us a call): broadcast by hand
-_BINARY = {operator.add: False, operator.mul: False, operator.sub: False, operator.truediv: True,
-           operator.iadd: False, operator.imul: False, torch.add: False, torch.mul: False, torch.sub: False,
-           torch.div: True, "add": False, "mul": False, "sub": False, "div": True, "add_": False, "mul_": False}
+# (value: whether the op is a true division); in-place ops are left to the meta kernels (they return their input)
+_BINARY = {operator.add: False, operator.mul: False, operator.sub: False, operator.truediv: True, torch.add: False,
+           torch.mul: False, torch.sub: False, torch.div: True, "add": False, "mul": False, "sub": False, "div": True}
 
 
 def _elementwise_meta(fn: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:

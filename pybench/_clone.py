@@ -40,7 +40,6 @@ def _is_plain(cls: type) -> bool:
     return plain
 
 
-
 def _tensor(t: torch.Tensor | None, memo: dict[int, Any]) -> Any:
     if t is None:
         return None

@@ -1,0 +1,161 @@
+"""How :func:`pybench.graph.trace` reads a model: torch.fx's tracer cut to what the trace uses, and the output
+shapes of leaf modules and element-wise ops computed from shapes alone.
+
+A symbolic trace records each node with its scope table, a copy of the module stack and stack-trace hooks; the
+walk that follows needs none of them, and they cost a quarter of fx's time. The walk then runs every node on meta
+tensors, but the meta kernels of convolutions, adaptive pooling and binary element-wise ops go through Python
+references (130-260 us a call), so their shapes are computed here by arithmetic.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn as nn
+
+from pybench import _graph_rules as rules
+
+__all__ = ["TraceError"]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class TraceError(RuntimeError):
+    """A model (or an op in it) that ``trace`` cannot handle; the message names the module and operation."""
+
+    __module__ = "pybench.graph"  # where users import it from
+
+
+_ATOMS = frozenset({int, float, bool, str, type(None), slice, type(Ellipsis), torch.dtype, torch.device,
+                    torch.memory_format, torch.layout})
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer with its per-node bookkeeping cut to what :func:`trace` reads (a quarter of its time)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, nn.LayerNorm):  # also torchvision's LayerNorm2d, whose forward permutes around F.layer_norm
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def create_arg(self, a: Any) -> Any:
+        t = type(a)  # the common cases first; fx's general path walks pytrees and opaque-type registries
+        if t in _ATOMS:
+            return a
+        if isinstance(a, torch.fx.Proxy):
+            return a.node
+        if t is tuple or t is list:
+            out = [self.create_arg(v) for v in a]
+            return tuple(out) if t is tuple else out
+        if t is dict and all(type(k) is str for k in a):
+            return {k: self.create_arg(v) for k, v in a.items()}
+        return super().create_arg(a)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        # fx's own, without the scope context manager that only feeds the scope table create_node no longer keeps
+        path = self.path_of_module(m)
+        n = self.num_calls.get(path, 0)
+        key = f"{path}@{n}" if n else path
+        self.num_calls[path] = n + 1
+        self.module_stack[key] = (path, type(m))
+        try:
+            if not self.is_leaf_module(m, path):
+                return forward(*args, **kwargs)
+            return self.create_proxy("call_module", path, args, kwargs)
+        finally:
+            self.module_stack.pop(key, None)
+
+    def create_node(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
+                    type_expr: Any = None) -> torch.fx.Node:
+        # no scope table, stack traces or copied module stack: only the innermost module, for messages (_scope)
+        node = self.graph.create_node(kind, target, args, kwargs, name, type_expr)
+        if self.module_stack:
+            key, value = next(reversed(self.module_stack.items()))
+            node.meta["nn_module_stack"] = {key: value}
+        return node
+
+
+def _fx_graph(model: nn.Module) -> torch.fx.Graph:
+    try:
+        return _Tracer().trace(model)
+    except Exception as exc:  # fx raises many kinds; name the model and the cause
+        raise TraceError(f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+
+
+def _module_meta(name: str, m: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """Output of a leaf module on meta tensors, with clear errors for a wrong input shape."""
+    x = args[0] if args else None
+    if isinstance(m, _CONVS):
+        if x.ndim < 2 or x.shape[1] != m.in_channels:
+            raise TraceError(f"{name} ({type(m).__name__}) expects {m.in_channels} input channels, got an input of "
+                             f"shape {list(x.shape)}; check example_inputs' shape")
+        return torch.empty(_conv_shape(m, x.shape), dtype=x.dtype, device="meta")
+    if isinstance(m, nn.Linear):
+        if x.shape[-1] != m.in_features:
+            raise TraceError(f"{name} (Linear) expects {m.in_features} input features, got an input of shape "
+                             f"{list(x.shape)}; check example_inputs' shape (image size)")
+        return torch.empty(x.shape[:-1] + (m.out_features,), dtype=x.dtype, device="meta")
+    if isinstance(m, nn.modules.batchnorm._NormBase):
+        if x.shape[1] != m.num_features:
+            raise TraceError(f"{name} ({type(m).__name__}) expects {m.num_features} channels, got an input of "
+                             f"shape {list(x.shape)}")
+        return x
+    if isinstance(m, rules._ACTIVATIONS):
+        return x
+    if isinstance(m, _ADAPTIVE_POOLS) and not getattr(m, "return_indices", False):
+        k = 1 + _ADAPTIVE_POOLS.index(type(m)) % 3 if type(m) in _ADAPTIVE_POOLS else x.ndim - 2
+        size = tuple(m.output_size) if isinstance(m.output_size, (tuple, list)) else (m.output_size,) * k
+        out = tuple(x.shape[i - k] if s is None else s for i, s in enumerate(size))
+        return torch.empty(x.shape[:-k] + out, dtype=x.dtype, device="meta")
+    state = {k: torch.empty(v.shape, dtype=v.dtype, device="meta")
+             for k, v in list(m.named_parameters()) + list(m.named_buffers())}
+    if not state:  # pooling, flatten, stochastic depth...: forward itself (no hooks: they expect real tensors)
+        return m.forward(*args, **kwargs)
+    return torch.func.functional_call(m, state, args, kwargs)
+
+
+_ADAPTIVE_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+                   nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+# binary element-wise ops whose meta kernels run through Python references (~130 us a call): broadcast by hand
+# (value: whether the op is a true division); in-place ops are left to the meta kernels (they return their input)
+_BINARY = {operator.add: False, operator.mul: False, operator.sub: False, operator.truediv: True, torch.add: False,
+           torch.mul: False, torch.sub: False, torch.div: True, "add": False, "mul": False, "sub": False, "div": True}
+
+
+def _elementwise_meta(fn: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The meta output of a binary element-wise op on a meta tensor and a tensor or number; None for others."""
+    true_div = _BINARY.get(fn) if isinstance(fn, str) or callable(fn) else None
+    if true_div is None or kwargs or len(args) != 2:
+        return None
+    a, b = args
+    if not any(isinstance(v, torch.Tensor) for v in args) or \
+            not all(isinstance(v, (torch.Tensor, int, float)) and not isinstance(v, bool) for v in args):
+        return None
+    if any(isinstance(v, torch.Tensor) and v.device.type != "meta" for v in args):
+        return None
+    shapes = [v.shape for v in args if isinstance(v, torch.Tensor)]
+    shape = shapes[0] if len(shapes) == 1 or shapes[0] == shapes[1] else torch.broadcast_shapes(*shapes)
+    dtype = torch.result_type(a, b)
+    if true_div and not dtype.is_floating_point and not dtype.is_complex:
+        dtype = torch.get_default_dtype()
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def _conv_shape(m: nn.Module, shape: torch.Size) -> tuple[int, ...]:
+    """Output shape of convolution ``m`` (output padding of transposed convs excluded: those are not pruned here)."""
+    spatial = []
+    for i, size in enumerate(shape[2:]):
+        k, s, d = m.kernel_size[i], m.stride[i], m.dilation[i]
+        if m.padding == "same":
+            spatial.append(size)
+            continue
+        p = 0 if m.padding == "valid" else m.padding[i]
+        n = (size + 2 * p - d * (k - 1) - 1) // s + 1
+        if n < 1:
+            raise TraceError(f"convolution output would be empty: input size {size} with kernel {k}, stride {s}, "
+                             f"padding {p}, dilation {d}; check example_inputs' shape (image size)")
+        spatial.append(n)
+    return (shape[0], m.out_channels, *spatial)

@@ -410,9 +410,13 @@ def _trace(model: nn.Module, inputs: tuple, strict: bool) -> ChannelGraph:
         for p in pnames:
             if p in ctx.frozen:
                 ctx.pin(ids, f"{p} is also read by {ctx.frozen[p]}")
-    fingerprint = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
     used = {k[1] for k in ctx.slots if k[0] == "module"}
-    return ChannelGraph(ctx, {n: modules[n] for n in used}, fingerprint, [], notes)
+    return ChannelGraph(ctx, {n: modules[n] for n in used}, fingerprint(model), [], notes)
+
+
+def fingerprint(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every parameter: what a plan made for a graph of ``model`` requires of a model."""
+    return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
 
 
 def _check_training_mode(model: nn.Module, graph: torch.fx.Graph) -> None:

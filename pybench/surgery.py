@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from pybench import _gc, ops
 from pybench._clone import clone_module
+from pybench.graph import fingerprint
 from pybench.planning import PrunePlan
 
 __all__ = ["PRUNERS", "apply", "check_model", "slot_keep"]
@@ -140,7 +141,7 @@ def check_model(model: nn.Module, plan: PrunePlan) -> None:
         raise TypeError(f"plan must be a PrunePlan from pb.plan(...), got {type(plan).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    fp = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+    fp = fingerprint(model)
     if fp != plan.graph.fingerprint:
         diff = next(((a, b) for a, b in zip(fp, plan.graph.fingerprint, strict=False) if a != b), None)
         detail = f" (first difference: model has {diff[0]}, the plan's graph {diff[1]})" if diff else \
@@ -204,9 +205,8 @@ def _apply(model: nn.Module, plan: PrunePlan) -> nn.Module:
             t = gather_dim(t, dim, idx)
             memo[id(old)] = nn.Parameter(t, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else t
     pruned = clone_module(model, memo)
-    new_modules = {name: memo[id(m)] for name, m in modules.items()}
     for name, values in attrs.items():
-        m = new_modules[name]
+        m = memo[id(modules[name])]  # the module's copy
         for k, v in values.items():
             setattr(m, k, v)
     return pruned

@@ -18,7 +18,16 @@ import torch
 import torch.nn.functional as F
 
 from pybench._channels import along, compress, expand_to, reshape, vary_axes
-from pybench._graph_rules import Rule, _at_axis, _shape, elementwise, identity, require_constant
+from pybench._graph_rules import (
+    Rule,
+    _at_axis,
+    _shape,
+    elementwise,
+    identity,
+    is_symbolic,
+    require_constant,
+    size_provenance,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Function / method rules: (ctx, where, args, kwargs, arg_ds, kwarg_ds, out, params) -> descriptor.
@@ -73,7 +82,7 @@ def reshape_fn(ctx, where, args, kwargs, ds, kds, out, params):
 def _pin_foreign_sizes(ctx, where, res, out_shape, sizes) -> None:
     """A size read from a tracked channel axis fixes that count where the reshaped tensor does not follow it."""
     for a, s in enumerate(sizes):
-        p = ctx.prov.get(s) if not isinstance(s, (int, float)) else None
+        p = size_provenance(ctx, s)
         if not isinstance(p, tuple) or not p or p[0] != "direct":
             continue
         here = None
@@ -109,10 +118,8 @@ def _aligned_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[i
 
 def _check_target_sizes(ctx, where, d, res, in_shape, out_shape, sizes):
     """A reshape to explicit sizes stays valid after pruning only where the sizes follow the channel count."""
-    import torch.fx as fx
-
     def is_dyn(s: Any) -> bool:
-        return isinstance(s, fx.Node) or s == -1
+        return is_symbolic(s) or s == -1
 
     full_in = expand_to(d, in_shape)
     res_full = res

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx
 import torch.nn as nn
 
 from pybench._channels import along, compress, expand_to, reshape, vary_axes
@@ -93,6 +94,53 @@ class TraceContext:
 
     def block(self, ids: np.ndarray, parts: int, reason: str) -> None:
         self.blocks.append((np.asarray(ids, dtype=np.int64).reshape(-1), parts, reason))
+
+
+class SymInt(int):
+    """A size read from a traced tensor (the eager tracer's stand-in for fx's size nodes). ``prov`` is
+    ``("direct", ids)`` for a channel axis' size, ``("derived", ids)`` for arithmetic on one, else None; any SymInt
+    is a dynamic size (it follows the tensor), unlike a literal int."""
+
+    prov: Any
+
+    def __new__(cls, value: int, prov: Any = None) -> SymInt:
+        self = int.__new__(cls, value)
+        self.prov = prov
+        return self
+
+
+def _sym_arith(fn: Callable, swap: bool) -> Callable:
+    def op(self: SymInt, other: Any) -> Any:
+        if not isinstance(other, (int, float)):
+            return NotImplemented
+        a, b = int(self), (int(other) if isinstance(other, int) else other)
+        r = fn(b, a) if swap else fn(a, b)
+        if not isinstance(r, int):
+            return r
+        prov = self.prov if self.prov is not None else getattr(other, "prov", None)
+        return SymInt(r, ("derived", prov[1]) if prov is not None else None)
+    return op
+
+
+for _name, _fn in (("add", lambda a, b: a + b), ("sub", lambda a, b: a - b), ("mul", lambda a, b: a * b),
+                   ("floordiv", lambda a, b: a // b), ("mod", lambda a, b: a % b),
+                   ("truediv", lambda a, b: a / b)):
+    setattr(SymInt, f"__{_name}__", _sym_arith(_fn, False))
+    setattr(SymInt, f"__r{_name}__", _sym_arith(_fn, True))
+
+
+def is_symbolic(size: Any) -> bool:
+    """Whether a size given to a reshape follows the traced tensors (an fx node or a SymInt) or is a literal."""
+    return isinstance(size, (SymInt, torch.fx.Node))
+
+
+def size_provenance(ctx: TraceContext, size: Any) -> Any:
+    """The channels a size given to a reshape counts (see :class:`SymInt`), or None."""
+    if isinstance(size, SymInt):
+        return size.prov
+    if isinstance(size, (int, float)):
+        return None
+    return ctx.prov.get(size)
 
 
 def _flatten(x: Any) -> list[np.ndarray]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import operator
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from scipy.sparse.csgraph import connected_components
 from pybench import _gc
 from pybench import _graph_fn_rules as fn_rules
 from pybench import _graph_rules as rules
+from pybench._graph_eager import eager_trace
 from pybench._graph_trace import TraceError, _elementwise_meta, _fx_graph, _module_meta
 
 __all__ = ["ChannelGraph", "Group", "Member", "TraceError", "TrainingModeWarning", "trace"]
@@ -299,19 +301,22 @@ def _param_names(arg: Any, ctx: rules.TraceContext) -> Any:
     return None
 
 
-def _unknown(ctx: rules.TraceContext, where: str, arg_ds: Any, kw_ds: Any, node: torch.fx.Node, strict: bool,
+def _unknown(ctx: rules.TraceContext, where: str, arg_ds: Any, kw_ds: Any, input_params: list[str], strict: bool,
              notes: list[str]) -> None:
+    """An op no rule understands: the channels it reads are kept, and so are the parameters it reads."""
     tracked = rules._flatten(arg_ds) + rules._flatten(kw_ds)
-    for a in node.all_input_nodes:
-        p = ctx.param_of.get(a)
-        if p is not None:
-            ctx.frozen[p] = where
+    for p in input_params:
+        ctx.frozen[p] = where
     if tracked:
         msg = f"{where}: no channel rule for this operation; the channels it reads are kept"
         if strict:
             raise TraceError(msg)
         ctx.pin_all(tracked, msg)
         notes.append(msg)
+
+
+def _node_params(ctx: rules.TraceContext, node: torch.fx.Node) -> list[str]:
+    return [ctx.param_of[a] for a in node.all_input_nodes if a in ctx.param_of]
 
 
 def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False) -> ChannelGraph:
@@ -329,15 +334,41 @@ def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False) -> Cha
         return _trace(model, inputs, strict)
 
 
-def _trace(model: nn.Module, inputs: tuple, strict: bool) -> ChannelGraph:
-    graph = _fx_graph(model)
-    if model.training:
-        _check_training_mode(model, graph)
+def _trace(model: nn.Module, inputs: tuple, strict: bool, tracer: str = "eager") -> ChannelGraph:
+    """``tracer``: "eager" (runs forward on stand-ins, :mod:`pybench._graph_eager`) or "fx" (a symbolic trace,
+    then a walk of its graph); both feed the same rules and give the same graph."""
     modules = dict(model.named_modules())
     ctx = rules.TraceContext()
+    notes: list[str] = []
+    if tracer == "fx":
+        graph = _fx_graph(model)
+        if model.training:
+            _check_training_mode(model, _fx_ops(graph), lambda: _fx_ops(_fx_graph(model)))
+        _walk_fx(graph, model, inputs, ctx, modules, strict, notes)
+    else:
+        ops = eager_trace(model, inputs, ctx, modules, strict, notes, _unknown)
+        if model.training:
+            _check_training_mode(model, ops, lambda: eager_trace(model, inputs, rules.TraceContext(), modules,
+                                                                 strict, [], _unknown))
+    # a parameter read by an op no rule understands cannot be sliced
+    for key, ids in ctx.slots.items() if ctx.frozen else ():
+        kind, name, _ = key
+        pnames = [name] if kind == "param" else [f"{name}.{p}" for p, _ in modules[name].named_parameters()]
+        for p in pnames:
+            if p in ctx.frozen:
+                ctx.pin(ids, f"{p} is also read by {ctx.frozen[p]}")
+    used = {k[1] for k in ctx.slots if k[0] == "module"}
+    return ChannelGraph(ctx, {n: modules[n] for n in used}, fingerprint(model), [], notes)
+
+
+def _fx_ops(graph: torch.fx.Graph) -> list[tuple[str, str]]:
+    return [(n.op, str(n.target)) for n in graph.nodes]
+
+
+def _walk_fx(graph: torch.fx.Graph, model: nn.Module, inputs: tuple, ctx: rules.TraceContext,
+             modules: dict[str, nn.Module], strict: bool, notes: list[str]) -> None:
     meta: dict[torch.fx.Node, Any] = {}
     desc: dict[torch.fx.Node, Any] = {}
-    notes: list[str] = []
     n_in = 0
     for node in graph.nodes:
         op = node.op
@@ -373,7 +404,7 @@ def _trace(model: nn.Module, inputs: tuple, strict: bool) -> ChannelGraph:
             out = _run(where, _module_meta, node.target, m, args, kwargs)
             rule = rules.module_rule(m)
             if rule is None or len(args) != 1:
-                _unknown(ctx, where, arg_ds, kw_ds, node, strict, notes)
+                _unknown(ctx, where, arg_ds, kw_ds, _node_params(ctx, node), strict, notes)
                 d = None
             else:
                 d = rule(ctx, node.target, m, args[0], arg_ds[0], out)
@@ -396,22 +427,13 @@ def _trace(model: nn.Module, inputs: tuple, strict: bool) -> ChannelGraph:
                     out = _run(where, getattr(args[0], node.target), *args[1:], **kwargs)
             if rule is None:
                 if _has_tensor(out) or rules._flatten(arg_ds) or rules._flatten(kw_ds):
-                    _unknown(ctx, where, arg_ds, kw_ds, node, strict, notes)
+                    _unknown(ctx, where, arg_ds, kw_ds, _node_params(ctx, node), strict, notes)
                 d = None
             else:
                 params = [_param_names(a, ctx) for a in node.args]
                 d = rule(ctx, where, args, kwargs, list(arg_ds), dict(kw_ds), out, params)
         meta[node], desc[node] = out, d
         _provenance(ctx, node, desc)
-    # a parameter read by an op no rule understands cannot be sliced
-    for key, ids in ctx.slots.items() if ctx.frozen else ():
-        kind, name, _ = key
-        pnames = [name] if kind == "param" else [f"{name}.{p}" for p, _ in modules[name].named_parameters()]
-        for p in pnames:
-            if p in ctx.frozen:
-                ctx.pin(ids, f"{p} is also read by {ctx.frozen[p]}")
-    used = {k[1] for k in ctx.slots if k[0] == "module"}
-    return ChannelGraph(ctx, {n: modules[n] for n in used}, fingerprint(model), [], notes)
 
 
 def fingerprint(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
@@ -419,18 +441,18 @@ def fingerprint(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
 
 
-def _check_training_mode(model: nn.Module, graph: torch.fx.Graph) -> None:
+def _check_training_mode(model: nn.Module, ours: list[tuple[str, str]],
+                         eval_ops: Callable[[], list[tuple[str, str]]]) -> None:
     """Training mode matters when it changes the graph (aux heads, training-only branches): an error. BN and
-    dropout only change values, which a trace does not read: a warning."""
+    dropout only change values, which a trace does not read: a warning. ``ours``: the operations traced in
+    training mode; ``eval_ops`` traces them again in eval mode."""
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        eval_graph = _fx_graph(model)
+        theirs = eval_ops()
     finally:  # restore each module's own flag (a frozen BN may be in eval inside a training model)
         for m, flag in flags:
             m.training = flag
-    ours = [(n.op, str(n.target)) for n in graph.nodes]
-    theirs = [(n.op, str(n.target)) for n in eval_graph.nodes]
     if ours != theirs:
         at = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours),
                                                                                             len(theirs)))

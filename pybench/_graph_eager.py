@@ -180,7 +180,7 @@ class _Tracer:
         self.modules = modules
         self.ops: list[tuple[str, str]] = []  # (kind, target) of every operation, to compare train and eval runs
         self._tensor_names: dict[int, str] | None = None
-        self._leaf: dict[type, bool] = {}
+        self._kinds: dict[type, tuple[bool, Callable | None]] = {}
 
     # -- stand-ins for parameters and buffers -----------------------------------------------------------------------
     def tensor_name(self, t: torch.Tensor) -> str | None:
@@ -287,11 +287,11 @@ class _Tracer:
         return self._scope[-1] if self._scope else type(self.model).__name__
 
     def call_module(self, m: nn.Module, args: tuple, kwargs: dict) -> Any:
-        leaf = self._leaf.get(type(m))
-        if leaf is None:
-            leaf = self._leaf[type(m)] = _is_leaf(m)
+        kind = self._kinds.get(type(m))
+        if kind is None:  # (is a leaf, its rule), once per class
+            kind = self._kinds[type(m)] = (_is_leaf(m), rules.module_rule(m))
         name = self.paths.get(id(m))
-        if not leaf:
+        if not kind[0]:
             self._scope.append(name or type(m).__name__)
             try:
                 return _orig_call(m, *args, **kwargs)
@@ -299,32 +299,35 @@ class _Tracer:
                 self._scope.pop()
         _ACTIVE.append(None)
         try:
-            return self._call_leaf(m, name, args, kwargs)
+            return self._call_leaf(m, name, kind[1] if name is not None else None, args, kwargs)
         finally:
             _ACTIVE.pop()
 
-    def _call_leaf(self, m: nn.Module, name: str | None, args: tuple, kwargs: dict) -> Any:
+    def _call_leaf(self, m: nn.Module, name: str | None, rule: Callable | None, args: tuple, kwargs: dict) -> Any:
         ctx = self.ctx
         self.ops.append(("call_module", str(name)))
-        margs, arg_ds = self._unwrap(args)
-        mkwargs, kw_ds = self._unwrap(kwargs) if kwargs else ({}, {})
+        if len(args) == 1 and not kwargs and type(args[0]) is Value:  # the common case: one tensor in
+            margs, arg_ds, mkwargs, kw_ds = (args[0].meta,), (args[0].desc,), {}, {}
+        else:
+            margs, arg_ds = self._unwrap(args)
+            mkwargs, kw_ds = self._unwrap(kwargs) if kwargs else ({}, {})
         where = f"{name} ({type(m).__name__})" if name is not None else \
             f"{self.scope}: {type(m).__name__} created inside forward"
         out = _run_module(where, name, m, margs, mkwargs)
-        rule = rules.module_rule(m) if name is not None else None
-        ctx.node = _Op("call_module", name, args, kwargs)
         if rule is None or len(margs) != 1:
             self._unknown(ctx, where, arg_ds, kw_ds, self._input_params(args, kwargs), self.strict, self.notes)
             d = None
         else:
             d = rule(ctx, name, m, margs[0], arg_ds[0], out)
+        if type(out) is torch.Tensor:
+            return Value(out, d if type(d) is np.ndarray else None)
         return _wrap(out, d)
 
     # -- the run ------------------------------------------------------------------------------------------------------
     def run(self, inputs: tuple) -> None:
         self._scope: list[str] = []
         try:
-            inspect.signature(self.model.forward).bind(*inputs)
+            _bind(self.model.forward, inputs)
         except TypeError as exc:
             raise TypeError(f"example_inputs has {len(inputs)} tensors but the model's forward does not take them: "
                             f"{exc}") from None
@@ -344,6 +347,21 @@ class _Tracer:
             nn.Module.__getattr__ = _orig_getattr
             _ACTIVE.pop()
         self.ctx.pin_all(_descs(out), "model output")
+
+
+_SIGNATURES: dict[Callable, inspect.Signature] = {}
+
+
+def _bind(forward: Callable, inputs: tuple) -> None:
+    """Raise TypeError when ``forward`` cannot take ``inputs`` (signatures cached: inspect is slow)."""
+    fn = getattr(forward, "__func__", forward)
+    sig = _SIGNATURES.get(fn)
+    if sig is None:
+        sig = _SIGNATURES[fn] = inspect.signature(fn)
+    if fn is forward:
+        sig.bind(*inputs)
+    else:
+        sig.bind(forward.__self__, *inputs)
 
 
 def _module_call(m: nn.Module, *args: Any, **kwargs: Any) -> Any:

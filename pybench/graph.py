@@ -358,7 +358,7 @@ def _trace(model: nn.Module, inputs: tuple, strict: bool, tracer: str = "eager")
             if p in ctx.frozen:
                 ctx.pin(ids, f"{p} is also read by {ctx.frozen[p]}")
     used = {k[1] for k in ctx.slots if k[0] == "module"}
-    return ChannelGraph(ctx, {n: modules[n] for n in used}, fingerprint(model), [], notes)
+    return ChannelGraph(ctx, {n: modules[n] for n in used}, fingerprint(model, modules), [], notes)
 
 
 def _fx_ops(graph: torch.fx.Graph) -> list[tuple[str, str]]:
@@ -436,9 +436,22 @@ def _walk_fx(graph: torch.fx.Graph, model: nn.Module, inputs: tuple, ctx: rules.
         _provenance(ctx, node, desc)
 
 
-def fingerprint(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of every parameter: what a plan made for a graph of ``model`` requires of a model."""
-    return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+def fingerprint(model: nn.Module, modules: dict[str, nn.Module] | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every parameter: what a plan made for a graph of ``model`` requires of a model.
+
+    ``modules``: ``dict(model.named_modules())`` when the caller has it; the walk is that of ``named_parameters``
+    (same names, same order) without its nested generators."""
+    if modules is None:
+        modules = dict(model.named_modules())
+    out: list[tuple[str, tuple[int, ...]]] = []
+    seen: set[int] = set()
+    for prefix, m in modules.items():
+        for n, p in m._parameters.items():
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            out.append((f"{prefix}.{n}" if prefix else n, tuple(p.shape)))
+    return out
 
 
 def _check_training_mode(model: nn.Module, ours: list[tuple[str, str]],

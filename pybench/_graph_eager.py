@@ -160,6 +160,27 @@ Value.__hash__ = object.__hash__
 _TENSOR_METHODS: dict[Callable, bool] = {}
 
 
+def _compare(fn: Callable) -> Callable:
+    """A comparison of sizes in the model's code: when one counts channels, the branch it picks could change once
+    they are pruned (fx refuses such code; here those channels are kept, so the branch cannot change)."""
+    def op(self: SymInt, other: Any) -> Any:
+        if not isinstance(other, (int, float)):
+            return NotImplemented
+        tracer = _ACTIVE[-1] if _ACTIVE else None
+        if tracer is not None:
+            for v in (self, other):
+                prov = getattr(v, "prov", None)
+                if prov is not None:
+                    tracer.ctx.pin(prov[1], f"{tracer.scope}: python code compares a channel count")
+        return fn(int(self), int(other) if isinstance(other, int) else other)
+    return op
+
+
+for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
+    setattr(SymInt, f"__{_name}__", _compare(getattr(operator, _name)))
+SymInt.__hash__ = int.__hash__
+
+
 def _is_tensor_method(func: Callable) -> bool:
     known = _TENSOR_METHODS.get(func)
     if known is None:

@@ -319,19 +319,27 @@ def _node_params(ctx: rules.TraceContext, node: torch.fx.Node) -> list[str]:
     return [ctx.param_of[a] for a in node.all_input_nodes if a in ctx.param_of]
 
 
-def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False) -> ChannelGraph:
+TRACERS = ("eager", "fx")
+
+
+def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False, tracer: str = "eager") -> ChannelGraph:
     """Build the :class:`ChannelGraph` of ``model``.
 
     Args:
-        model: the network (any ``torch.fx``-traceable module; eval mode recommended).
+        model: the network (eval mode recommended).
         example_inputs: a tensor or tuple of tensors with the shapes the model will see (only shapes are used).
         strict: raise :class:`TraceError` for an op no rule understands instead of keeping its channels.
+        tracer: ``"eager"`` (default) runs ``forward`` once on shape-only stand-ins and hands each operation to the
+            channel rules as it happens; python control flow on shapes is fine. ``"fx"`` traces a ``torch.fx``
+            graph first and walks it (about twice the time; the same graph wherever both can trace the model).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if tracer not in TRACERS:
+        raise ValueError(f"tracer must be one of {TRACERS}, got {tracer!r}")
     inputs = _check_inputs(example_inputs)
     with _gc.paused():
-        return _trace(model, inputs, strict)
+        return _trace(model, inputs, strict, tracer)
 
 
 def _trace(model: nn.Module, inputs: tuple, strict: bool, tracer: str = "eager") -> ChannelGraph:

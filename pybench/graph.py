@@ -178,8 +178,13 @@ class ChannelGraph:
                     ok = False  # one channel in two parts of the same constraint
                     break
                 table[pos, k] = rows
-            if ok:
-                _, cell = np.unique(table, axis=0, return_inverse=True)
+            if ok:  # cells = distinct rows of the table (one int key per row: np.unique(axis=0) is slow)
+                radix = int(table.max()) + 2
+                if table.shape[1] * np.log2(radix) < 62:
+                    keys = ((table + 1) * radix ** np.arange(table.shape[1], dtype=np.int64)).sum(axis=1)
+                    _, cell = np.unique(keys, return_inverse=True)
+                else:
+                    _, cell = np.unique(table, axis=0, return_inverse=True)
                 cell = cell.reshape(-1)
                 counts = np.bincount(cell)
                 ok = bool((counts == counts[0]).all())
@@ -206,6 +211,11 @@ class ChannelGraph:
             g = int(glabel[comps[0]])
             gi = len(self.groups)
             parts, bo = 1, None
+            if not cells_of_group:  # no partitions anywhere: the common case, without the checks below
+                self.unit_group[comps] = gi
+                self.unit_index[comps] = np.arange(comps.size)
+                self.groups.append(Group(gi, int(comps.size), comps, self))
+                continue
             if g in cells_of_group:
                 ccomps, cell = cells_of_group[g]
                 pos = np.searchsorted(ccomps, comps)
@@ -224,10 +234,13 @@ class ChannelGraph:
             self.unit_index[comps] = np.arange(comps.size)
             self.groups.append(Group(gi, int(comps.size), comps, self, parts, bo))
         self.pinned = reasons
-        # per slot: unit label of each index (-1: untracked)
-        for key, ids in self._slot_ids.items():
+        # per slot: unit label of each index (-1: untracked), all slots in one pass
+        if self._slot_ids:
+            ids = np.concatenate(list(self._slot_ids.values()))
             lab = np.where(ids >= 0, labels[np.maximum(ids, 0)], -1)
-            self.slots[key] = lab
+            ends = np.cumsum([v.size for v in self._slot_ids.values()]).tolist()
+            for key, a, b in zip(self._slot_ids, [0, *ends[:-1]], ends, strict=True):
+                self.slots[key] = lab[a:b]
 
     def _members(self) -> list[list[Member]]:
         if self._member_cache is None:

@@ -2,7 +2,9 @@
 // per-task activation statistics. Kernels live in cpu/ and cuda/; schemas in ops.cpp.
 #pragma once
 
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
 
 #include <cstdint>
 #include <optional>
@@ -31,6 +33,11 @@ int64_t check_channel_stats(const at::Tensor& w, int64_t dim);  // returns dim n
 void check_activation_stats(const at::Tensor& x, const std::optional<at::Tensor>& state);
 void check_channel_gather(const at::Tensor& w, const std::optional<at::Tensor>& out_idx,
                           const std::optional<at::Tensor>& in_idx);
+
+// The list ops: every tensor on ws[0]'s device; channel_gather_list's three lists of one length.
+void check_same_device(const char* op, at::TensorList ws);
+void check_gather_list(at::TensorList ws, const c10::List<std::optional<at::Tensor>>& out_idx,
+                       const c10::List<std::optional<at::Tensor>>& in_idx);
 
 // channel_gather reads w as [rows, cols, inner] (1-D: cols = inner = 1) and writes out_sizes.
 struct GatherShape {

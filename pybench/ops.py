@@ -12,6 +12,15 @@ Three ops live under ``torch.ops.pybench`` (schemas in csrc/ops.cpp, mirrored in
   be None (keep that dim whole). Indices are int32 / int64 on ``w``'s device, each in ``[0, size)``.
   Duplicate indices are allowed and copy the channel twice (gather semantics, like ``index_select``).
 
+Two batched forms take a list of tensors and answer a list, one dispatch for a whole model's weights (score and
+surgery would otherwise pay the per-call overhead once per tensor, which is most of their time on small models):
+
+- ``channel_stats_list(ws, dim) -> [channel_stats(w, dim) for w in ws]``;
+- ``channel_gather_list(ws, out_idx, in_idx) -> [channel_gather(w, o, i) for w, o, i in zip(...)]``.
+
+Their elements follow the single ops' rules and messages; all ``ws`` of one call share a device (the Python faces
+below split a list that spans devices into one call per device).
+
 Every op always works: where the extension is missing (a source checkout on PYTHONPATH) or was built without
 CUDA, the reference below is registered in its place, with one warning. ``backend()`` says which runs where.
 """
@@ -19,6 +28,7 @@ CUDA, the reference below is registered in its place, with one warning. ``backen
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 
@@ -28,17 +38,23 @@ __all__ = [
     "activation_summary",
     "backend",
     "channel_gather",
+    "channel_gather_list",
     "channel_stats",
+    "channel_stats_list",
     "merge_activation_stats",
     "ref_activation_stats",
     "ref_channel_gather",
+    "ref_channel_gather_list",
     "ref_channel_stats",
+    "ref_channel_stats_list",
 ]
 
 SCHEMAS: dict[str, str] = {
     "channel_stats": "channel_stats(Tensor w, int dim) -> Tensor",
     "activation_stats": "activation_stats(Tensor x, Tensor? state=None) -> Tensor",
     "channel_gather": "channel_gather(Tensor w, Tensor? out_idx, Tensor? in_idx) -> Tensor",
+    "channel_stats_list": "channel_stats_list(Tensor[] ws, int dim) -> Tensor[]",
+    "channel_gather_list": "channel_gather_list(Tensor[] ws, Tensor?[] out_idx, Tensor?[] in_idx) -> Tensor[]",
 }
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -113,6 +129,26 @@ def _check_gather(w: torch.Tensor, out_idx: torch.Tensor | None, in_idx: torch.T
     _check_index(w, in_idx, "in_idx", 1)
 
 
+def _check_same_device(op: str, ws: Sequence[torch.Tensor]) -> None:
+    for k, w in enumerate(ws[1:], 1):
+        if w.device != ws[0].device:
+            raise ValueError(f"{op}: ws[{k}] is on {w.device} but ws[0] is on {ws[0].device}; "
+                             "one call takes tensors of one device")
+
+
+def _check_lengths(ws: Sequence[torch.Tensor], out_idx: Sequence[torch.Tensor | None],
+                   in_idx: Sequence[torch.Tensor | None]) -> None:
+    if not len(out_idx) == len(in_idx) == len(ws):
+        raise ValueError(f"channel_gather_list: ws, out_idx and in_idx must have the same length, got {len(ws)}, "
+                         f"{len(out_idx)} and {len(in_idx)}")
+
+
+def _check_gather_list(ws: Sequence[torch.Tensor], out_idx: Sequence[torch.Tensor | None],
+                       in_idx: Sequence[torch.Tensor | None]) -> None:
+    _check_lengths(ws, out_idx, in_idx)
+    _check_same_device("channel_gather_list", ws)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Pure-PyTorch reference
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,6 +207,19 @@ def ref_channel_gather(w: torch.Tensor, out_idx: torch.Tensor | None, in_idx: to
     return w.contiguous()
 
 
+def ref_channel_stats_list(ws: Sequence[torch.Tensor], dim: int) -> list[torch.Tensor]:
+    """Reference of ``channel_stats_list``: ``channel_stats`` of each tensor."""
+    _check_same_device("channel_stats_list", ws)
+    return [ref_channel_stats(w, dim) for w in ws]
+
+
+def ref_channel_gather_list(ws: Sequence[torch.Tensor], out_idx: Sequence[torch.Tensor | None],
+                            in_idx: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    """Reference of ``channel_gather_list``: ``channel_gather`` of each (tensor, out_idx, in_idx)."""
+    _check_gather_list(ws, out_idx, in_idx)
+    return [ref_channel_gather(w, o, i) for w, o, i in zip(ws, out_idx, in_idx, strict=True)]
+
+
 def activation_summary(state: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-channel mean, population std and APoZ (fraction of zeros) from an ``activation_stats`` state."""
     count = state[:, 0].clamp_min(1)
@@ -181,6 +230,8 @@ _REFERENCE = {
     "channel_stats": ref_channel_stats,
     "activation_stats": ref_activation_stats,
     "channel_gather": ref_channel_gather,
+    "channel_stats_list": ref_channel_stats_list,
+    "channel_gather_list": ref_channel_gather_list,
 }
 
 
@@ -194,6 +245,14 @@ def _load_extension() -> str | None:
     except ImportError as exc:
         return str(exc)
     return None
+
+
+def _has_schema(qualname: str) -> bool:
+    try:
+        torch._C._dispatch_find_schema_or_throw(qualname, "")
+    except RuntimeError:
+        return False
+    return True
 
 
 _EXTENSION_ERROR = _load_extension()
@@ -212,12 +271,22 @@ if _EXTENSION_ERROR is not None:
         _LIB.define(_schema)
         _LIB.impl(_name, _REFERENCE[_name], "CompositeExplicitAutograd")
 else:
+    # An extension built before an op existed lacks its schema: define it here on the reference (rebuild for speed).
+    _MISSING = [n for n in SCHEMAS if not _has_schema(f"pybench::{n}")]
+    if _MISSING:
+        warnings.warn(f"pybench._C predates {', '.join(_MISSING)}; they run on the pure-PyTorch reference. Rebuild "
+                      "it with: pip install --no-build-isolation -e . -c constraints.txt", RuntimeWarning, stacklevel=2)
+        _DEF_LIB = torch.library.Library("pybench", "FRAGMENT")
+        for _name in _MISSING:
+            _DEF_LIB.define(SCHEMAS[_name])
+            _DEF_LIB.impl(_name, _REFERENCE[_name], "CompositeExplicitAutograd")
     for _key in ("CPU", "CUDA"):
-        if all(torch._C._dispatch_has_kernel_for_dispatch_key(f"pybench::{n}", _key) for n in SCHEMAS):
+        _native = [n for n in SCHEMAS if n not in _MISSING]
+        if all(torch._C._dispatch_has_kernel_for_dispatch_key(f"pybench::{n}", _key) for n in _native):
             _NATIVE[_key] = "pybench._C (C++)" if _key == "CPU" else "pybench._C (CUDA)"
         else:  # e.g. a CPU-only build: CUDA tensors take the reference instead of failing to dispatch
             _LIB = _LIB or torch.library.Library("pybench", "IMPL")
-            for _name in SCHEMAS:
+            for _name in _native:
                 _LIB.impl(_name, _REFERENCE[_name], _key)
 
 
@@ -243,7 +312,20 @@ def _fake_channel_gather(w: torch.Tensor, out_idx: torch.Tensor | None, in_idx: 
     return w.new_empty(shape)
 
 
+def _fake_channel_stats_list(ws: list[torch.Tensor], dim: int) -> list[torch.Tensor]:
+    _check_same_device("channel_stats_list", ws)
+    return [_fake_channel_stats(w, dim) for w in ws]
+
+
+def _fake_channel_gather_list(ws: list[torch.Tensor], out_idx: list[torch.Tensor | None],
+                              in_idx: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    _check_gather_list(ws, out_idx, in_idx)
+    return [_fake_channel_gather(w, o, i) for w, o, i in zip(ws, out_idx, in_idx, strict=True)]
+
+
 torch.library.register_fake("pybench::channel_stats", _fake_channel_stats)
+torch.library.register_fake("pybench::channel_stats_list", _fake_channel_stats_list)
+torch.library.register_fake("pybench::channel_gather_list", _fake_channel_gather_list)
 torch.library.register_fake("pybench::activation_stats", _fake_activation_stats)
 torch.library.register_fake("pybench::channel_gather", _fake_channel_gather)
 
@@ -277,3 +359,50 @@ def channel_gather(w: torch.Tensor, out_idx: torch.Tensor | None = None,
                    in_idx: torch.Tensor | None = None) -> torch.Tensor:
     """``w[out_idx][:, in_idx]`` as a new contiguous tensor; a None index keeps that dim whole."""
     return torch.ops.pybench.channel_gather(w, out_idx, in_idx)
+
+
+def _per_device(ws: Sequence[torch.Tensor]) -> list[list[int]] | None:
+    """Positions of ``ws`` per device, in order of first appearance; None when they share one (the usual case)."""
+    dev = ws[0].device
+    if all(w.device == dev for w in ws):
+        return None
+    parts: dict[torch.device, list[int]] = {}
+    for k, w in enumerate(ws):
+        parts.setdefault(w.device, []).append(k)
+    return list(parts.values())
+
+
+def channel_stats_list(ws: Sequence[torch.Tensor], dim: int = 0) -> list[torch.Tensor]:
+    """``[channel_stats(w, dim) for w in ws]`` in one call per device."""
+    ws = list(ws)
+    if not ws:
+        return []
+    parts = _per_device(ws)
+    if parts is None:
+        return torch.ops.pybench.channel_stats_list(ws, dim)
+    out: list[torch.Tensor] = [None] * len(ws)  # type: ignore[list-item]
+    for pos in parts:
+        for k, r in zip(pos, torch.ops.pybench.channel_stats_list([ws[k] for k in pos], dim), strict=True):
+            out[k] = r
+    return out
+
+
+def channel_gather_list(ws: Sequence[torch.Tensor], out_idx: Sequence[torch.Tensor | None],
+                        in_idx: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    """``[channel_gather(w, o, i) for w, o, i in zip(ws, out_idx, in_idx)]`` in one call per device (each index on
+    its tensor's device, as for ``channel_gather``)."""
+    ws, out_idx, in_idx = list(ws), list(out_idx), list(in_idx)
+    if not ws:
+        _check_lengths(ws, out_idx, in_idx)
+        return []
+    parts = _per_device(ws)
+    if parts is None:
+        return torch.ops.pybench.channel_gather_list(ws, out_idx, in_idx)
+    _check_lengths(ws, out_idx, in_idx)
+    out: list[torch.Tensor] = [None] * len(ws)  # type: ignore[list-item]
+    for pos in parts:
+        got = torch.ops.pybench.channel_gather_list([ws[k] for k in pos], [out_idx[k] for k in pos],
+                                                    [in_idx[k] for k in pos])
+        for k, r in zip(pos, got, strict=True):
+            out[k] = r
+    return out

@@ -186,6 +186,54 @@ def test_channel_gather_duplicates_allowed_and_empty(device):
     assert empty.shape == (0, 3)
 
 
+# -------------------------------------------------------------------------------------------------- the list forms
+def _mixed_weights(device: str) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    shapes = [(10,), (64, 300), (64, 32, 3, 3), (96, 1, 3, 3), (5, 7, 9), (0, 8, 3, 3), (40, 24, 1, 1)]
+    dtypes = (torch.float32, torch.float16)
+    return [torch.randn(s, generator=g).to(dtype).to(device) for s in shapes for dtype in dtypes]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_channel_stats_list_is_the_single_op_on_each(device, dim):
+    ws = [w for w in _mixed_weights(device) if w.dim() > (1 if dim == 1 else 0)]
+    got = ops.channel_stats_list(ws, dim)
+    assert len(got) == len(ws)
+    for w, out, ref in zip(ws, got, ops.ref_channel_stats_list(ws, dim), strict=True):
+        assert torch.equal(out, ops.channel_stats(w, dim))  # the same kernel, bit for bit
+        _close(out, ref, w.dtype)
+    assert ops.channel_stats_list([], 0) == []
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_channel_gather_list_is_the_single_op_on_each(device):
+    g = torch.Generator().manual_seed(4)
+    ws, outs, ins = [], [], []
+    for k, w in enumerate(_mixed_weights(device)):
+        o = torch.randperm(w.shape[0], generator=g)[: w.shape[0] // 2]
+        i = torch.randperm(w.shape[1], generator=g)[: max(1, w.shape[1] // 3)] if w.dim() > 1 else None
+        o, i = [(o, i), (None, i), (o, None), (None, None)][k % 4]
+        ws.append(w)
+        outs.append(None if o is None else o.to(device, torch.int32 if k % 3 == 0 else torch.int64))
+        ins.append(None if i is None else i.to(device))
+    got = ops.channel_gather_list(ws, outs, ins)
+    for w, o, i, out, ref in zip(ws, outs, ins, got, ops.ref_channel_gather_list(ws, outs, ins), strict=True):
+        assert torch.equal(out, ops.channel_gather(w, o, i)) and torch.equal(out, ref)
+        assert out.is_contiguous() and out.dtype == w.dtype
+    assert ops.channel_gather_list([], [], []) == []
+
+
+def test_list_faces_split_tensors_of_several_devices():
+    cpu, meta = torch.randn(6, 4), torch.empty(8, 4, device="meta")
+    stats = ops.channel_stats_list([cpu, meta, cpu], 0)
+    assert [t.device.type for t in stats] == ["cpu", "meta", "cpu"] and stats[1].shape == (8, 3)
+    assert torch.equal(stats[2], ops.channel_stats(cpu, 0))
+    idx, midx = torch.tensor([1, 3]), torch.tensor([0], device="meta")
+    got = ops.channel_gather_list([cpu, meta], [idx, midx], [None, None])
+    assert torch.equal(got[0], cpu[[1, 3]]) and got[1].shape == (1, 4) and got[1].device.type == "meta"
+
+
 # ------------------------------------------------------------------------------------------------------ bad input
 BAD_INPUT = [
     (lambda: ops.channel_stats(torch.zeros(4, 4, dtype=torch.int64), 0), TypeError, "w must be a floating-point"),
@@ -209,6 +257,14 @@ BAD_INPUT = [
      "w must be a floating-point"),
     (lambda: ops.channel_gather(torch.zeros(4, 3), torch.tensor([0], device="meta"), None), ValueError,
      "out_idx is on meta but w is on cpu"),
+    (lambda: torch.ops.pybench.channel_stats_list([torch.zeros(2), torch.zeros(2, device="meta")], 0), ValueError,
+     "ws[1] is on meta but ws[0] is on cpu"),
+    (lambda: torch.ops.pybench.channel_stats_list([torch.zeros(4, 4), torch.zeros(4, 4)], 2), IndexError,
+     "dim 2 is out of range for w of rank 2"),
+    (lambda: ops.channel_gather_list([torch.zeros(4, 3)], [None, None], [None]), ValueError,
+     "ws, out_idx and in_idx must have the same length, got 1, 2 and 1"),
+    (lambda: ops.channel_gather_list([torch.zeros(4, 3), torch.zeros(2, 3)], [None, torch.tensor([2])], [None, None]),
+     IndexError, "out_idx holds 2, out of range for dim 0 of w (size 2; valid 0..1)"),
 ]
 
 
@@ -226,6 +282,8 @@ class _ReferenceNamespace:
     channel_stats = staticmethod(ops.ref_channel_stats)
     activation_stats = staticmethod(ops.ref_activation_stats)
     channel_gather = staticmethod(ops.ref_channel_gather)
+    channel_stats_list = staticmethod(ops.ref_channel_stats_list)
+    channel_gather_list = staticmethod(ops.ref_channel_gather_list)
 
 
 def test_state_on_another_device_is_refused():
@@ -254,6 +312,9 @@ def test_backend_reports_each_device():
         ("activation_stats", (torch.relu(torch.randn(3, 4, 5, 5)), None)),
         ("activation_stats", (torch.relu(torch.randn(3, 4, 5, 5)), torch.zeros(4, 4, dtype=torch.float64))),
         ("channel_gather", (torch.randn(8, 4, 3, 3), torch.tensor([1, 5]), torch.tensor([0, 3]))),
+        ("channel_stats_list", ([torch.randn(8, 4, 3, 3), torch.randn(5, 2)], 0)),
+        ("channel_gather_list", ([torch.randn(8, 4, 3, 3), torch.randn(6)], [torch.tensor([1, 5]), None],
+                                 [torch.tensor([0, 3]), None])),
     ],
 )
 def test_opcheck(op, args):
@@ -265,6 +326,10 @@ def test_meta_tensors_give_shapes():
     assert ops.channel_stats(w, 1).shape == (32, 3)
     assert ops.activation_stats(torch.empty(2, 7, 4, 4, device="meta")).shape == (7, 4)
     assert ops.channel_gather(w, torch.empty(5, dtype=torch.long, device="meta"), None).shape == (5, 32, 3, 3)
+    assert [t.shape for t in ops.channel_stats_list([w, w[0]], 0)] == [(64, 3), (32, 3)]
+    got = ops.channel_gather_list([w, w], [None, torch.empty(2, dtype=torch.long, device="meta")],
+                                  [torch.empty(3, dtype=torch.long, device="meta"), None])
+    assert [t.shape for t in got] == [(64, 3, 3, 3), (2, 32, 3, 3)]
 
 
 def test_torch_compile_traces_through_the_ops():
@@ -294,6 +359,36 @@ def test_missing_extension_falls_back_to_reference_with_one_warning():
         w = torch.randn(6, 3, 3, 3)
         assert torch.equal(ops.channel_stats(w, 0), ops.ref_channel_stats(w, 0))
         assert torch.equal(ops.channel_gather(w, torch.tensor([1]), None), w[[1]])
+        assert torch.equal(ops.channel_stats_list([w], 0)[0], ops.ref_channel_stats(w, 0))
+        assert torch.equal(ops.channel_gather_list([w], [torch.tensor([1])], [None])[0], w[[1]])
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_extension_without_the_list_ops_gets_them_on_the_reference():
+    # an extension built before the list ops existed: they are defined on the reference, with one warning
+    code = textwrap.dedent(
+        """
+        import sys, types, warnings
+        import torch
+        lib = torch.library.Library("pybench", "DEF")
+        for schema in ["channel_stats(Tensor w, int dim) -> Tensor",
+                       "activation_stats(Tensor x, Tensor? state=None) -> Tensor",
+                       "channel_gather(Tensor w, Tensor? out_idx, Tensor? in_idx) -> Tensor"]:
+            lib.define(schema)
+        sys.modules["pybench._C"] = types.ModuleType("pybench._C")  # the old extension: those three schemas
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from pybench import ops
+        relevant = [str(w.message) for w in caught if "predates" in str(w.message)]
+        assert len(relevant) == 1 and "channel_stats_list, channel_gather_list" in relevant[0], relevant
+        w = torch.randn(6, 3, 3, 3)
+        assert torch.equal(ops.channel_stats_list([w], 0)[0], ops.ref_channel_stats(w, 0))
+        assert torch.equal(ops.channel_gather_list([w], [torch.tensor([2])], [None])[0], w[[2]])
         print("ok")
         """
     )

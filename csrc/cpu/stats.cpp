@@ -371,6 +371,14 @@ at::Tensor channel_stats_cpu(const at::Tensor& w, int64_t dim) {
   return out;
 }
 
+std::vector<at::Tensor> channel_stats_list_cpu(at::TensorList ws, int64_t dim) {
+  check_same_device("channel_stats_list", ws);
+  std::vector<at::Tensor> out;
+  out.reserve(ws.size());
+  for (const at::Tensor& w : ws) out.push_back(channel_stats_cpu(w, dim));
+  return out;
+}
+
 // ---- activation_stats ---------------------------------------------------------------------------------------
 // partial: [C, pieces, 4] = count, mean, M2, zeros of each piece
 template <typename T>
@@ -467,5 +475,6 @@ at::Tensor activation_stats_cpu(const at::Tensor& x, const std::optional<at::Ten
 
 TORCH_LIBRARY_IMPL(pybench, CPU, m) {
   m.impl("channel_stats", &pybench::channel_stats_cpu);
+  m.impl("channel_stats_list", &pybench::channel_stats_list_cpu);
   m.impl("activation_stats", &pybench::activation_stats_cpu);
 }

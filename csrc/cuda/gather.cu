@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "../pybench.h"
 
@@ -69,9 +70,20 @@ at::Tensor channel_gather_cuda(const at::Tensor& w_in, const std::optional<at::T
   return out;
 }
 
+std::vector<at::Tensor> channel_gather_list_cuda(at::TensorList ws,
+                                                 const c10::List<std::optional<at::Tensor>>& out_idx,
+                                                 const c10::List<std::optional<at::Tensor>>& in_idx) {
+  check_gather_list(ws, out_idx, in_idx);
+  std::vector<at::Tensor> out;
+  out.reserve(ws.size());
+  for (size_t k = 0; k < ws.size(); ++k) out.push_back(channel_gather_cuda(ws[k], out_idx.get(k), in_idx.get(k)));
+  return out;
+}
+
 }  // namespace
 }  // namespace pybench
 
 TORCH_LIBRARY_IMPL(pybench, CUDA, m) {
   m.impl("channel_gather", &pybench::channel_gather_cuda);
+  m.impl("channel_gather_list", &pybench::channel_gather_list_cuda);
 }

@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "../pybench.h"
 
@@ -190,6 +191,14 @@ at::Tensor channel_stats_cuda(const at::Tensor& w, int64_t dim) {
   return reduce_channels<Moments>(v, w).sum(1).to(stats_dtype(w));
 }
 
+std::vector<at::Tensor> channel_stats_list_cuda(at::TensorList ws, int64_t dim) {
+  check_same_device("channel_stats_list", ws);
+  std::vector<at::Tensor> out;
+  out.reserve(ws.size());
+  for (const at::Tensor& w : ws) out.push_back(channel_stats_cuda(w, dim));
+  return out;
+}
+
 at::Tensor activation_stats_cuda(const at::Tensor& x, const std::optional<at::Tensor>& state) {
   check_activation_stats(x, state);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -202,5 +211,6 @@ at::Tensor activation_stats_cuda(const at::Tensor& x, const std::optional<at::Te
 
 TORCH_LIBRARY_IMPL(pybench, CUDA, m) {
   m.impl("channel_stats", &pybench::channel_stats_cuda);
+  m.impl("channel_stats_list", &pybench::channel_stats_list_cuda);
   m.impl("activation_stats", &pybench::activation_stats_cuda);
 }

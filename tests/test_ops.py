@@ -69,6 +69,19 @@ def test_channel_stats_definition(device):
                                                                             [3.5, 9.25, 3.5]]))
 
 
+@pytest.mark.parametrize("inner", [*range(1, 50), 63, 64, 65, 100, 4095, 4096, 4097])
+def test_channel_stats_filters_batched_or_alone_give_the_same_bits(inner):
+    # the CPU kernel reduces 8 filters at a time where it can: each must get the bits it gets alone (a 1-row
+    # tensor takes the one-filter path), special values included
+    g = torch.Generator().manual_seed(inner)
+    w = torch.randn(67, inner, generator=g) * 10.0 ** torch.randint(-3, 4, (67, 1), generator=g)
+    w[3, 0], w[5, -1], w[9, inner // 2], w[11, 0] = -0.0, float("inf"), float("nan"), 1e-40
+    w[12] = -0.0
+    out = ops.channel_stats(w, 0)
+    for c in range(w.shape[0]):
+        assert torch.equal(out[c].view(torch.int32), ops.channel_stats(w[c:c + 1], 0)[0].view(torch.int32)), c
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_channel_stats_strided_views(device):
     base = torch.randn(32, 16, 5, 5, device=device)

@@ -12,6 +12,9 @@
 
 #include <algorithm>
 #include <cmath>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -194,6 +197,99 @@ PYBENCH_SIMD void moments_f32(const float* p, int64_t n, float* out) {
   out[2] = ss;
 }
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define PYBENCH_BLOCK8 1
+// moments_f32 of 8 runs of n elements, `stride` apart, giving each run the bits moments_f32's x86-64-v3 clone
+// gives it: the same 16-wide blocks (fused squares), its horizontal sums in lane order done as 8 vertical adds of
+// a transpose, and its tail as GCC compiled it (squares rounded before the add, but for the last n % 4 elements:
+// fused). Filters of a few dozen elements (1x1 and depthwise convs) spend most of moments_f32 in those sums and
+// that tail, one run at a time. Only the x86-64-v3 clone is matched: callers check `block8_ok()`.
+__attribute__((target("arch=x86-64-v3"))) inline void transpose8(__m256* r) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// lane c: ((0 + v[c][0]) + v[c][1]) + ... + v[c][7], the order of hsum()
+__attribute__((target("arch=x86-64-v3"))) inline __m256 hsums8(__m256* v) {
+  transpose8(v);
+  __m256 s = _mm256_setzero_ps();
+  for (int j = 0; j < 8; ++j) s = _mm256_add_ps(s, v[j]);
+  return s;
+}
+
+__attribute__((target("arch=x86-64-v3"))) void moments8_v3(const float* p, int64_t stride, int64_t n, float* out) {
+  const __m256 mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const int64_t blocks = n & ~int64_t(15);
+  __m256 sa = _mm256_setzero_ps(), sq = _mm256_setzero_ps(), ss = _mm256_setzero_ps();
+  if (blocks > 0) {
+    __m256 a[8], q[8], s[8];
+    for (int c = 0; c < 8; ++c) {
+      const float* run = p + c * stride;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, q0 = a0, q1 = a0, s0 = a0, s1 = a0;
+      for (int64_t i = 0; i < blocks; i += 16) {
+        const __m256 u = _mm256_loadu_ps(run + i), v = _mm256_loadu_ps(run + i + 8);
+        a0 = _mm256_add_ps(a0, _mm256_and_ps(u, mask));
+        a1 = _mm256_add_ps(a1, _mm256_and_ps(v, mask));
+        q0 = _mm256_fmadd_ps(u, u, q0);
+        q1 = _mm256_fmadd_ps(v, v, q1);
+        s0 = _mm256_add_ps(s0, u);
+        s1 = _mm256_add_ps(s1, v);
+      }
+      a[c] = _mm256_add_ps(a0, a1);
+      q[c] = _mm256_add_ps(q0, q1);
+      s[c] = _mm256_add_ps(s0, s1);
+    }
+    sa = hsums8(a);
+    sq = hsums8(q);
+    ss = hsums8(s);
+  }  // else: moments_f32 adds up zero vectors, +0
+  const int64_t tail = n - blocks, rounded = tail - (tail & 3);
+  const __m256i at = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                        _mm256_set1_epi32(static_cast<int32_t>(stride)));
+  for (int64_t t = 0; t < tail; ++t) {
+    const __m256 x = _mm256_i32gather_ps(p + blocks + t, at, 4);
+    sa = _mm256_add_ps(sa, _mm256_and_ps(x, mask));
+    if (t < rounded) {
+      __m256 sq_x = _mm256_mul_ps(x, x);
+      asm("" : "+x"(sq_x));  // keep the product rounded: no contraction into an FMA here
+      sq = _mm256_add_ps(sq, sq_x);
+    } else {
+      sq = _mm256_fmadd_ps(x, x, sq);
+    }
+    ss = _mm256_add_ps(ss, x);
+  }
+  alignas(32) float r[3][8];
+  _mm256_store_ps(r[0], sa);
+  _mm256_store_ps(r[1], sq);
+  _mm256_store_ps(r[2], ss);
+  for (int c = 0; c < 8; ++c) {
+    out[3 * c] = r[0][c];
+    out[3 * c + 1] = r[1][c];
+    out[3 * c + 2] = r[2][c];
+  }
+}
+
+// The resolver of PYBENCH_SIMD picks the x86-64-v3 clone on exactly these CPUs.
+bool block8_ok() {
+  static const bool ok = __builtin_cpu_supports("x86-64-v3");
+  return ok;
+}
+#endif
+
 PYBENCH_SIMD void welford_f32(const float* p, int64_t n, float* out) {
   f32x8 s0 = {}, s1 = {};
   i32x8 z0 = {}, z1 = {};  // comparisons give -1 per zero lane
@@ -304,7 +400,19 @@ void channel_stats_runs(const ChannelView& v, double* partial, RunTasks tasks) {
       const int64_t c0 = piece_begin(b, tasks.blocks, v.channels), c1 = piece_begin(b + 1, tasks.blocks, v.channels);
       tot.assign(3 * (c1 - c0), 0.0);
       for (int64_t o = piece_begin(s, tasks.pieces, v.outer); o < piece_begin(s + 1, tasks.pieces, v.outer); ++o) {
-        for (int64_t c = c0; c < c1; ++c) {
+        int64_t c = c0;
+#ifdef PYBENCH_BLOCK8
+        if constexpr (std::is_same_v<T, float>) {
+          if (v.inner > 0 && v.inner <= kChunk && block8_ok()) {  // one chunk a run: 8 runs at a time
+            float r8[24];
+            for (; c + 8 <= c1; c += 8) {
+              moments8_v3(base + (o * v.channels + c) * v.inner, v.inner, v.inner, r8);
+              for (int k = 0; k < 24; ++k) tot[3 * (c - c0) + k] += r8[k];
+            }
+          }
+        }
+#endif
+        for (; c < c1; ++c) {
           const T* run = base + (o * v.channels + c) * v.inner;
           for (int64_t i = 0; i < v.inner; i += kChunk) {
             const int64_t n = std::min(kChunk, v.inner - i);

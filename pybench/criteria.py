@@ -1,9 +1,9 @@
 """Channel importance: ``score(model, graph, criterion) -> {group: Tensor[size]}`` (higher = more important).
 
-Weight criteria read each producing weight once through ``ops.channel_stats`` (sum|w|, sum w^2, sum w per filter)
-and sum the per-filter figures over a group's producers (every conv / linear whose filters make the group's
-channels; a residual group has several). Data-driven criteria (activations, Taylor, FPGM, LFE) register in
-``CRITERIA`` the same way; they take ``data``.
+Weight criteria read each producing weight once through ``ops.channel_stats_list`` (sum|w|, sum w^2, sum w per
+filter; every weight in one call) and sum the per-filter figures over a group's producers (every conv / linear
+whose filters make the group's channels; a residual group has several). Data-driven criteria (activations, Taylor,
+FPGM, LFE) register in ``CRITERIA`` the same way; they take ``data``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from pybench import ops
+from pybench import _slots, ops
 from pybench.graph import ChannelGraph, Group
 
 __all__ = ["CRITERIA", "score", "unit_scores_from_filters"]
@@ -36,56 +36,103 @@ def register(name: str) -> Callable[[Criterion], Criterion]:
 def unit_scores_from_filters(graph: ChannelGraph, modules: dict[str, nn.Module],
                              per_filter: Callable[[str, nn.Module], torch.Tensor | None],
                              role: str = "out", module_types: tuple[type, ...] | None = None) -> np.ndarray:
-    """Sum ``per_filter(name, module)`` (one figure per index of the module's ``role`` slot) into graph units."""
-    total = np.zeros(graph.n_units, dtype=np.float64)
-    for (kind, name, r), lab in graph.slots.items():
-        if kind != "module" or r != role:
+    """Sum ``per_filter(name, module)`` (one figure per index of the module's ``role`` slot) into graph units.
+    Slots with no channel in any group (a classifier's outputs, say) are skipped: their units' figures stay 0,
+    and nothing reads them (``score`` answers groups only)."""
+    labs, values = [], []
+    for lab, name, m in _live_slots(graph, modules, role, module_types):
+        v = per_filter(name, m)
+        if v is not None:
+            labs.append(lab)
+            values.append(v)
+    return _to_units(graph, labs, _cat(values))
+
+
+def _live_slots(graph: ChannelGraph, modules: dict[str, nn.Module], role: str,
+                module_types: tuple[type, ...] | None) -> list[tuple[np.ndarray, str, nn.Module]]:
+    """(unit labels, name, module) of every module slot of ``role`` holding some channel of some group."""
+    out = []
+    for ((kind, name, r), lab), g in zip(graph.slots.items(), _slots.table(graph).slot_group.tolist(), strict=True):
+        if kind != "module" or r != role or g == -1:
             continue
         m = modules[name]
-        if module_types is not None and not isinstance(m, module_types):
-            continue
-        values = per_filter(name, m)
-        if values is None:
-            continue
-        v = values.detach().to(torch.float64).cpu().numpy()
-        ok = lab >= 0
-        np.add.at(total, lab[ok], v[ok])
-    return total
+        if module_types is None or isinstance(m, module_types):
+            out.append((lab, name, m))
+    return out
+
+
+def _modules(model: nn.Module, graph: ChannelGraph, role: str = "out") -> dict[str, nn.Module]:
+    """The modules of ``graph``'s live ``role`` slots, by name (not a walk over all of ``model``'s modules)."""
+    live = _slots.table(graph).slot_group.tolist()
+    return _slots.submodules(model, [k[1] for k, g in zip(graph.slots, live, strict=True)
+                                     if k[0] == "module" and k[2] == role and g != -1])
+
+
+def _cat(values: list[torch.Tensor]) -> torch.Tensor | None:
+    """``values`` concatenated along dim 0 (on the CPU when they span devices); None for none."""
+    if not values:
+        return None
+    dev = values[0].device
+    if any(v.device != dev for v in values):
+        values = [v.cpu() for v in values]
+    return torch.cat(values) if len(values) > 1 else values[0]
+
+
+def _to_units(graph: ChannelGraph, labs: list[np.ndarray], values: torch.Tensor | None) -> np.ndarray:
+    """Per unit, the sum of the ``values`` (the slots' figures, concatenated) of its indices in ``labs``; in slot
+    order, the order the sums of one slot at a time (``np.add.at``) had, so the float64 totals are the same."""
+    if values is None:
+        return np.zeros(graph.n_units, dtype=np.float64)
+    v = values.detach().to(torch.float64).cpu().numpy()
+    # untracked indices (label -1) land in an extra first bin, dropped
+    return np.bincount(np.concatenate(labs) + 1, weights=v, minlength=graph.n_units + 1)[1:]
 
 
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def _stats(m: nn.Module) -> torch.Tensor:
-    return ops.channel_stats(m.weight.detach(), 0)
+def _weight_stats(model: nn.Module, graph: ChannelGraph) -> tuple[list[np.ndarray], list[nn.Module],
+                                                                   list[torch.Tensor]]:
+    """Unit labels, module and ``channel_stats`` of every live producer's weight, the stats in one batched call."""
+    slots = _live_slots(graph, _modules(model, graph), "out", _PRODUCERS)
+    with torch.no_grad():
+        stats = ops.channel_stats_list([m.weight for _, _, m in slots], 0)
+    return [lab for lab, _, _ in slots], [m for _, _, m in slots], stats
+
+
+def _column(stats: list[torch.Tensor], k: int) -> torch.Tensor | None:
+    return None if not stats else _cat(stats)[:, k]
 
 
 @register("l1")
 def _l1(model: nn.Module, graph: ChannelGraph, data: Any = None, **kw: Any) -> np.ndarray:
     """Li et al.: sum |w| of each filter."""
-    mods = dict(model.named_modules())
-    return unit_scores_from_filters(graph, mods, lambda n, m: _stats(m)[:, 0], module_types=_PRODUCERS)
+    labs, _, stats = _weight_stats(model, graph)
+    return _to_units(graph, labs, _column(stats, 0))
 
 
 @register("l2")
 def _l2(model: nn.Module, graph: ChannelGraph, data: Any = None, **kw: Any) -> np.ndarray:
     """sqrt(sum w^2) of each filter."""
-    mods = dict(model.named_modules())
-    return unit_scores_from_filters(graph, mods, lambda n, m: _stats(m)[:, 1].sqrt(), module_types=_PRODUCERS)
+    labs, _, stats = _weight_stats(model, graph)
+    if len({st.dtype for st in stats}) > 1:  # the root in each weight's own precision, as one at a time gave
+        return _to_units(graph, labs, _cat([st[:, 1].sqrt() for st in stats]))
+    col = _column(stats, 1)
+    return _to_units(graph, labs, None if col is None else col.sqrt())
 
 
 @register("aaws")
 def _aaws(model: nn.Module, graph: ChannelGraph, data: Any = None, **kw: Any) -> np.ndarray:
     """Wang: mean |w| of each filter."""
-    mods = dict(model.named_modules())
-    return unit_scores_from_filters(
-        graph, mods, lambda n, m: _stats(m)[:, 0] / max(1, m.weight[0].numel()), module_types=_PRODUCERS)
+    labs, mods, stats = _weight_stats(model, graph)
+    return _to_units(graph, labs, _cat([st[:, 0] / max(1, m.weight[0].numel()) for st, m in zip(stats, mods,
+                                                                                                 strict=True)]))
 
 
 @register("bn_scale")
 def _bn_scale(model: nn.Module, graph: ChannelGraph, data: Any = None, **kw: Any) -> np.ndarray:
     """Network slimming: |gamma| of the batch norms on the channel (0 for channels without one)."""
-    mods = dict(model.named_modules())
+    mods = _modules(model, graph)
     bns = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm)
 
     def gamma(n: str, m: nn.Module) -> torch.Tensor | None:

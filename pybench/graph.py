@@ -25,7 +25,7 @@ import torch.nn as nn
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pybench import _gc
+from pybench import _gc, _slots
 from pybench import _graph_fn_rules as fn_rules
 from pybench import _graph_rules as rules
 from pybench._graph_eager import eager_trace
@@ -241,22 +241,11 @@ class ChannelGraph:
             ends = np.cumsum([v.size for v in self._slot_ids.values()]).tolist()
             for key, a, b in zip(self._slot_ids, [0, *ends[:-1]], ends, strict=True):
                 self.slots[key] = lab[a:b]
+            self._slot_labels = lab  # all slots' labels, in slot order: pybench._slots reads them without a copy
 
     def _members(self) -> list[list[Member]]:
-        if self._member_cache is None:
-            members: list[list[Member]] = [[] for _ in self.groups]
-            for key, lab in self.slots.items():
-                kind, name, role = key
-                grp = np.where(lab >= 0, self.unit_group[np.maximum(lab, 0)], -1)
-                valid = grp[grp >= 0]
-                if not valid.size:
-                    continue
-                # most slots lie in one group: skip np.unique's sort for them
-                for gi in (valid[:1] if (valid == valid[0]).all() else np.unique(valid)):
-                    unit = np.where(grp == gi, self.unit_index[np.maximum(lab, 0)], -1)
-                    mtype = self.module_types.get(name, "Parameter") if kind == "module" else "Parameter"
-                    members[int(gi)].append(Member(name, kind, role, mtype, unit))
-            self._member_cache = members
+        if self._member_cache is None:  # vectorised over all slots at once (pybench._slots)
+            self._member_cache = _slots.members(self)
         return self._member_cache
 
     # -- queries --------------------------------------------------------------------------------------------------

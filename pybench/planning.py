@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pybench import _slots
 from pybench.graph import ChannelGraph, Group
 
 __all__ = ["PrunePlan", "plan"]
@@ -37,9 +38,22 @@ class PrunePlan:
     def removed_units(self) -> np.ndarray:
         """Boolean over all of the graph's channel units: True where the plan removes it."""
         removed = np.zeros(self.graph.n_units, dtype=bool)
-        for g, kept in self.keep.items():
+        if not self.keep:
+            return removed
+        groups, kept = list(self.keep), list(self.keep.values())
+        if all(k.dtype == torch.int64 for k in kept):  # all groups at once: their units, less the kept ones
+            counts = [k.numel() for k in kept]
+            flat = torch.cat(kept).numpy()
+            sizes = np.repeat([g.size for g in groups], counts)
+            if ((flat >= 0) & (flat < sizes)).all():
+                comps = np.concatenate([g.comps for g in groups])
+                removed[comps] = True
+                starts = np.cumsum([0] + [g.size for g in groups[:-1]])
+                removed[comps[np.repeat(starts, counts) + flat]] = False
+                return removed
+        for g, k in zip(groups, kept, strict=True):  # any other index form numpy takes (negative, bool...)
             mask = np.ones(g.size, dtype=bool)
-            mask[kept.numpy()] = False
+            mask[k.numpy()] = False
             removed[g.comps[mask]] = True
         return removed
 
@@ -106,44 +120,32 @@ def _keep_count(n: int, remove: int, parts: int, round_to: int, min_channels: in
 def _protected(g: Group, s: np.ndarray) -> np.ndarray:
     """Per member holding only part of the group (e.g. one branch of a concat inside a residual group): its best
     channel, so that no layer is pruned away."""
-    best = []
-    for mb in g.members:
-        if mb.kind == "module" and mb.role != "out":
-            continue
-        seen = np.zeros(g.size, dtype=bool)
-        seen[mb.unit_of_index[mb.unit_of_index >= 0]] = True
-        if seen.all():
-            continue
-        units = np.flatnonzero(seen)
-        if units.size:
-            best.append(units[np.argmax(s[units])])
-    return np.unique(np.asarray(best, dtype=np.int64))
+    parts = _slots.partial_units(g.graph)[g.index]  # structural: found once per graph, for all groups at once
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.asarray([units[np.argmax(s[units])] for units in parts], dtype=np.int64))
 
 
 def _choose(g: Group, s: np.ndarray, keep: int) -> np.ndarray:
     """The ``keep`` best channels of ``g`` by score ``s`` (equal numbers per partition); every member keeps one."""
     if keep >= g.size:
         return np.arange(g.size)
-    if g.blocks == 1:
-        must = _protected(g, s)
-        if must.size:
-            order = np.argsort(-s, kind="stable")
-            chosen = np.zeros(g.size, dtype=bool)
-            chosen[must] = True
-            for i in order:
-                if chosen.sum() >= keep:
-                    break
-                chosen[i] = True
-            return np.nonzero(chosen)[0]
     if g.blocks > 1:
+        # per partition, its ``per`` best (ties: lowest index first); partitions have equal sizes (trace checks)
         per = keep // g.blocks
-        chosen = []
-        for b in range(g.blocks):
-            idx = np.nonzero(g.block_of == b)[0]
-            order = np.argsort(-s[idx], kind="stable")
-            chosen.append(idx[order[:per]])
-        return np.sort(np.concatenate(chosen))
+        order = np.lexsort((-s, g.block_of)).reshape(g.blocks, -1)
+        return np.sort(order[:, :per].reshape(-1))
     order = np.argsort(-s, kind="stable")
+    must = _protected(g, s)
+    if must.size:
+        # the protected channels, then the best others in score order until ``keep`` are chosen
+        chosen = np.zeros(g.size, dtype=bool)
+        chosen[must] = True
+        need = keep - must.size
+        if need > 0:
+            fresh = np.cumsum(~chosen[order])
+            chosen[order[:int(np.searchsorted(fresh, need)) + 1]] = True
+        return np.nonzero(chosen)[0]
     return np.sort(order[:keep])
 
 
@@ -189,7 +191,7 @@ def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float
         s = s.detach().cpu().numpy() if isinstance(s, torch.Tensor) else np.asarray(s)
         if s.shape != (g.size,):
             raise ValueError(f"scores for {g!r} must have shape ({g.size},), got {tuple(s.shape)}")
-        arrays[g] = s.astype(np.float64)
+        arrays[g] = s.astype(np.float64, copy=False)  # read only
     removals = {g: int(math.floor(ratio * g.size + 1e-9)) for g in arrays}
     if scope == "global" and arrays:
         normed = [s / (np.abs(s).mean() or 1.0) for s in arrays.values()]

@@ -1,31 +1,46 @@
 """Weight surgery: ``apply(model, plan)`` returns a smaller dense copy of ``model``.
 
 One pruning function per layer type in ``PRUNERS`` (Torch-Pruning style): given the kept output ("out") and input
-("in") indices of a module it returns the module's new tensors (gathered through ``ops.channel_gather``) and the
-attributes that must tell the truth (``in_channels``, ``out_channels``, ``groups``, ``num_features``,
-``in_features``, ``normalized_shape``...). The copy is made by :func:`pybench._clone.clone_module` (a deepcopy
-without its per-attribute cost) whose memo is pre-seeded with the gathered tensors, so weights about to be
-replaced are never copied.
+("in") indices of a module it returns the module's new tensors and the attributes that must tell the truth
+(``in_channels``, ``out_channels``, ``groups``, ``num_features``, ``in_features``, ``normalized_shape``...). A new
+tensor may be a :class:`Gather` request: ``apply`` runs all of a model's requests in one
+``ops.channel_gather_list`` call (one dispatch instead of one per tensor, which is most of the cost on a small
+model). The copy is made by :func:`pybench._clone.clone_module` (a deepcopy without its per-attribute cost) whose
+memo is pre-seeded with the gathered tensors, so weights about to be replaced are never copied.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from pybench import _gc, ops
+from pybench import _gc, _slots, ops
 from pybench._clone import clone_module
 from pybench.graph import fingerprint
 from pybench.planning import PrunePlan
 
-__all__ = ["PRUNERS", "apply", "check_model", "slot_keep"]
+__all__ = ["PRUNERS", "Gather", "apply", "check_model", "run_gathers", "slot_keep"]
 
 Idx = torch.Tensor | None
-Pruner = Callable[[nn.Module, Idx, Idx], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+
+
+class Gather(NamedTuple):
+    """A pending ``ops.channel_gather(tensor, out_idx, in_idx)``, then ``then`` of its result when given;
+    :func:`run_gathers` runs many in one call."""
+
+    tensor: torch.Tensor
+    out_idx: Idx
+    in_idx: Idx
+    then: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+# module, kept "out" and "in" indices -> ({attribute: new tensor or Gather}, {attribute: new value})
+Pruner = Callable[[nn.Module, Idx, Idx], tuple[dict[str, "torch.Tensor | Gather"], dict[str, Any]]]
 PRUNERS: dict[type, Pruner] = {}
 
 
@@ -38,12 +53,37 @@ def register(*types: type) -> Callable[[Pruner], Pruner]:
     return deco
 
 
-def _g(t: torch.Tensor | None, out_idx: Idx = None, in_idx: Idx = None) -> torch.Tensor | None:
+def _g(t: torch.Tensor | None, out_idx: Idx = None, in_idx: Idx = None) -> Gather | None:
     if t is None or (out_idx is None and in_idx is None):
         return None
-    dev = t.device
-    return ops.channel_gather(t.detach(), None if out_idx is None else out_idx.to(dev),
-                              None if in_idx is None else in_idx.to(dev))
+    return Gather(t, out_idx, in_idx)
+
+
+def run_gathers(requests: Sequence[Gather]) -> list[torch.Tensor]:
+    """The result of each request, from one ``ops.channel_gather_list`` call per device (indices are moved to
+    their tensor's device, each index once)."""
+    ws: list[torch.Tensor] = []
+    outs: list[Idx] = []
+    ins: list[Idx] = []
+    moved: dict[tuple[int, torch.device], torch.Tensor] = {}
+    for t, o, i, _ in requests:
+        if not (t.is_cpu and (o is None or o.is_cpu) and (i is None or i.is_cpu)):  # CPU: nothing to move
+            o, i = _to(o, t.device, moved), _to(i, t.device, moved)
+        ws.append(t)
+        outs.append(o)
+        ins.append(i)
+    with torch.no_grad():  # the results are new leaves, like the detached tensors they come from
+        out = ops.channel_gather_list(ws, outs, ins)
+        return [r if q.then is None else q.then(r) for q, r in zip(requests, out, strict=True)]
+
+
+def _to(idx: Idx, dev: torch.device, moved: dict[tuple[int, torch.device], torch.Tensor]) -> Idx:
+    if idx is None or idx.device == dev:
+        return idx
+    key = (id(idx), dev)
+    if key not in moved:
+        moved[key] = idx.to(dev)
+    return moved[key]
 
 
 def _n(idx: Idx, default: int) -> int:
@@ -63,24 +103,29 @@ def prune_conv(m: nn.Module, out_idx: Idx, in_idx: Idx) -> tuple[dict, dict]:
         attrs = {"in_channels": n_in, "out_channels": _n(out_idx, cout), "groups": n_in}
     else:  # grouped with in == out, coupled channel by channel, equal numbers kept per group
         idx = in_idx if in_idx is not None else out_idx
-        new["weight"] = _grouped_weight(m.weight.detach(), idx.to(m.weight.device), cin // g, g)
+        new["weight"] = _grouped_weight(m.weight, idx, cin // g, g)
         attrs = {"in_channels": int(idx.numel()), "out_channels": int(idx.numel())}
     if m.bias is not None and out_idx is not None:
         new["bias"] = _g(m.bias, out_idx)
     return {k: v for k, v in new.items() if v is not None}, attrs
 
 
-def _grouped_weight(w: torch.Tensor, idx: torch.Tensor, per: int, groups: int) -> torch.Tensor:
+def _grouped_weight(w: torch.Tensor, idx: torch.Tensor, per: int, groups: int) -> Gather:
     """Weight of a grouped conv (in == out, channel c in group c // per) keeping channels ``idx`` (sorted, the
-    same number in every group): rows ``idx``, and in each row the columns of its own group's kept channels."""
-    n = idx.numel()
-    rows = ops.channel_gather(w, idx, None)  # (n, per, *kernel)
-    group = torch.div(idx, per, rounding_mode="floor")
-    local = idx - group * per
-    if n % groups or not bool((torch.bincount(group, minlength=groups) == n // groups).all()):
+    same number in every group): rows ``idx`` (a gather), and in each row the columns of its own group's kept
+    channels (``then``)."""
+    keep = idx.cpu().numpy()
+    n = keep.size
+    group = keep // per
+    if n % groups or (np.bincount(group, minlength=groups) != n // groups).any():
         raise ValueError(f"grouped conv: {n} kept channels are not the same number in each of its {groups} groups")
-    cols = local.view(groups, n // groups)[group]  # (n, kept per group)
-    index = cols.view(n, n // groups, *([1] * (w.dim() - 2))).expand(n, n // groups, *w.shape[2:])
+    cols = torch.from_numpy((keep - group * per).reshape(groups, n // groups)[group])  # (n, kept per group)
+    return Gather(w, idx, None, functools.partial(_own_group_columns, cols))
+
+
+def _own_group_columns(cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    n, k = cols.shape
+    index = cols.to(rows.device).view(n, k, *([1] * (rows.dim() - 2))).expand(n, k, *rows.shape[2:])
     return rows.gather(1, index).contiguous()
 
 
@@ -151,16 +196,8 @@ def check_model(model: nn.Module, plan: PrunePlan) -> None:
 
 
 def slot_keep(plan: PrunePlan) -> dict[tuple, torch.Tensor]:
-    """Kept indices of every slot (module role or parameter dim) the plan shrinks."""
-    removed = plan.removed_units()
-    out = {}
-    for key, lab in plan.graph.slots.items():
-        ok = lab >= 0
-        rm = np.zeros(lab.size, dtype=bool)
-        rm[ok] = removed[lab[ok]]
-        if rm.any():
-            out[key] = torch.from_numpy(np.nonzero(~rm)[0])
-    return out
+    """Kept indices (int64) of every slot (module role or parameter dim) the plan shrinks, in slot order."""
+    return _slots.kept_indices(plan.graph, plan.removed_units())
 
 
 def apply(model: nn.Module, plan: PrunePlan) -> nn.Module:
@@ -185,20 +222,21 @@ def _apply(model: nn.Module, plan: PrunePlan) -> nn.Module:
             params[(name, int(role))] = idx
     memo: dict[int, Any] = {}
     attrs: dict[str, dict[str, Any]] = {}
-    modules = dict(model.named_modules())
+    modules = _slots.submodules(model, list(by_module))
     with torch.no_grad():
+        replaced: list[tuple[torch.Tensor, Any]] = []  # (old tensor, new tensor or position in `requests`)
+        requests: list[Gather] = []
         for name, roles in by_module.items():
             m = modules[name]
-            pruner = next((fn for t, fn in PRUNERS.items() if type(m) is t), None)
-            if pruner is None:
-                pruner = next((fn for t, fn in PRUNERS.items() if isinstance(m, t)), None)
-            if pruner is None:
-                raise NotImplementedError(f"{name} ({type(m).__name__}): no pruning function registered")
-            new, attrs[name] = pruner(m, roles.get("out"), roles.get("in"))
+            new, attrs[name] = _pruner(name, m)(m, roles.get("out"), roles.get("in"))
             for pname, t in new.items():
-                old = getattr(m, pname)
-                memo[id(old)] = nn.Parameter(t, requires_grad=old.requires_grad) if isinstance(
-                    old, nn.Parameter) else t
+                if isinstance(t, Gather):
+                    requests.append(t)
+                    t = len(requests) - 1
+                replaced.append((getattr(m, pname), t))
+        gathered = run_gathers(requests)
+        for old, t in replaced:
+            memo[id(old)] = _like(old, gathered[t] if isinstance(t, int) else t)
         for (pname, dim), idx in params.items():
             old = model.get_parameter(pname) if _is_param(model, pname) else model.get_buffer(pname)
             t = memo[id(old)].data if id(old) in memo else old
@@ -206,10 +244,44 @@ def _apply(model: nn.Module, plan: PrunePlan) -> nn.Module:
             memo[id(old)] = nn.Parameter(t, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else t
     pruned = clone_module(model, memo)
     for name, values in attrs.items():
-        m = memo[id(modules[name])]  # the module's copy
-        for k, v in values.items():
-            setattr(m, k, v)
+        _set_attributes(memo[id(modules[name])], values)  # the module's copy
     return pruned
+
+
+def _like(old: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t`` as what ``old`` was: a parameter (requiring grad as ``old`` did) or a plain tensor."""
+    if type(old) is nn.Parameter and type(t) is torch.Tensor:  # what nn.Parameter(t, ...) does, less its frame
+        return torch.Tensor._make_subclass(nn.Parameter, t, old.requires_grad)
+    return nn.Parameter(t, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else t
+
+
+def _pruner(name: str, m: nn.Module) -> Pruner:
+    """The pruning function of ``m``'s exact type, else of the first registered type it is an instance of."""
+    pruner = PRUNERS.get(type(m))
+    if pruner is None:
+        pruner = next((fn for t, fn in PRUNERS.items() if isinstance(m, t)), None)
+    if pruner is None:
+        raise NotImplementedError(f"{name} ({type(m).__name__}): no pruning function registered")
+    return pruner
+
+
+_PLAIN_ATTRIBUTE: dict[tuple[type, str], bool] = {}
+
+
+def _set_attributes(m: nn.Module, values: dict[str, Any]) -> None:
+    """``setattr(m, k, v)`` for each item. A plain value replacing an instance attribute of a class without its
+    own ``__setattr__`` or a descriptor of that name goes straight into ``__dict__``: that is all
+    ``nn.Module.__setattr__`` would do, after its checks (a few microseconds each, a hundred times a model)."""
+    cls, d = type(m), m.__dict__
+    for k, v in values.items():
+        plain = _PLAIN_ATTRIBUTE.get((cls, k))
+        if plain is None:
+            plain = _PLAIN_ATTRIBUTE[(cls, k)] = (cls.__setattr__ is nn.Module.__setattr__
+                                                 and not hasattr(getattr(cls, k, None), "__set__"))
+        if plain and k in d and not isinstance(v, (torch.Tensor, nn.Module)):
+            d[k] = v
+        else:
+            setattr(m, k, v)
 
 
 def _is_param(model: nn.Module, name: str) -> bool:

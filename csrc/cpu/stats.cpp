@@ -231,9 +231,18 @@ __attribute__((target("arch=x86-64-v3"))) inline __m256 hsums8(__m256* v) {
   return s;
 }
 
-__attribute__((target("arch=x86-64-v3"))) void moments8_v3(const float* p, int64_t stride, int64_t n, float* out) {
+// Prefetch distance, in floats: the hardware prefetcher alone leaves a cold weight's stream latency-bound here
+// (efficientnet_b0's convs, out of cache: 1.42 -> 1.04 ms).
+constexpr int64_t kPrefetch = 1024;
+
+// `last`: the tensor's last element (prefetches stay inside the tensor)
+__attribute__((target("arch=x86-64-v3"))) void moments8_v3(const float* p, int64_t stride, int64_t n, float* out,
+                                                            const float* last) {
   const __m256 mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const int64_t blocks = n & ~int64_t(15);
+  const auto ahead = [last](const float* at) {
+    _mm_prefetch(reinterpret_cast<const char*>(std::min(at + kPrefetch, last)), _MM_HINT_T0);
+  };
   __m256 sa = _mm256_setzero_ps(), sq = _mm256_setzero_ps(), ss = _mm256_setzero_ps();
   if (blocks > 0) {
     __m256 a[8], q[8], s[8];
@@ -241,6 +250,7 @@ __attribute__((target("arch=x86-64-v3"))) void moments8_v3(const float* p, int64
       const float* run = p + c * stride;
       __m256 a0 = _mm256_setzero_ps(), a1 = a0, q0 = a0, q1 = a0, s0 = a0, s1 = a0;
       for (int64_t i = 0; i < blocks; i += 16) {
+        ahead(run + i);
         const __m256 u = _mm256_loadu_ps(run + i), v = _mm256_loadu_ps(run + i + 8);
         a0 = _mm256_add_ps(a0, _mm256_and_ps(u, mask));
         a1 = _mm256_add_ps(a1, _mm256_and_ps(v, mask));
@@ -256,7 +266,9 @@ __attribute__((target("arch=x86-64-v3"))) void moments8_v3(const float* p, int64
     sa = hsums8(a);
     sq = hsums8(q);
     ss = hsums8(s);
-  }  // else: moments_f32 adds up zero vectors, +0
+  } else {  // short filters (depthwise): the block's lines, ahead; moments_f32 adds up zero vectors, +0
+    for (int64_t i = 0; i < 8 * stride; i += 16) ahead(p + i);
+  }
   const int64_t tail = n - blocks, rounded = tail - (tail & 3);
   const __m256i at = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                         _mm256_set1_epi32(static_cast<int32_t>(stride)));
@@ -405,8 +417,9 @@ void channel_stats_runs(const ChannelView& v, double* partial, RunTasks tasks) {
         if constexpr (std::is_same_v<T, float>) {
           if (v.inner > 0 && v.inner <= kChunk && block8_ok()) {  // one chunk a run: 8 runs at a time
             float r8[24];
+            const float* last = base + v.data.numel() - 1;
             for (; c + 8 <= c1; c += 8) {
-              moments8_v3(base + (o * v.channels + c) * v.inner, v.inner, v.inner, r8);
+              moments8_v3(base + (o * v.channels + c) * v.inner, v.inner, v.inner, r8, last);
               for (int k = 0; k < 24; ++k) tot[3 * (c - c0) + k] += r8[k];
             }
           }

@@ -24,7 +24,7 @@ from pybench import _graph_fn_rules as fn_rules
 from pybench import _graph_rules as rules
 from pybench._channels import along, vary_axes
 from pybench._graph_rules import SymInt
-from pybench._graph_trace import TraceError, _elementwise_meta, _module_meta
+from pybench._graph_trace import TraceError, _elementwise_meta, _module_meta, has_tensor, run_op, unknown_op
 
 __all__ = ["Value", "eager_trace"]
 
@@ -195,8 +195,8 @@ class _Tracer:
     """One run of a model on stand-ins, feeding each operation to the channel rules."""
 
     def __init__(self, model: nn.Module, ctx: rules.TraceContext, modules: dict[str, nn.Module], strict: bool,
-                 notes: list[str], unknown: Callable) -> None:
-        self.model, self.ctx, self.strict, self.notes, self._unknown = model, ctx, strict, notes, unknown
+                 notes: list[str]) -> None:
+        self.model, self.ctx, self.strict, self.notes = model, ctx, strict, notes
         self.paths = {id(m): name for name, m in modules.items()}
         self.modules = modules
         self.ops: list[tuple[str, str]] = []  # (kind, target) of every operation, to compare train and eval runs
@@ -286,17 +286,17 @@ class _Tracer:
             rule = fn_rules.FUNCTION_RULES.get(target)
             out = _elementwise_meta(target, margs, mkwargs)
             if out is None:
-                out = _run(where, target, margs, mkwargs)
+                out = run_op(where, target, *margs, **mkwargs)
         else:
             where = f"{scope}: Tensor.{target}"
             rule = fn_rules.METHOD_RULES.get(target)
             out = _elementwise_meta(target, margs, mkwargs)
             if out is None:
-                out = _run(where, getattr(margs[0], target), margs[1:], mkwargs)
+                out = run_op(where, getattr(margs[0], target), *margs[1:], **mkwargs)
         ctx.node = _Op(kind, target, args, kwargs)
         if rule is None:
-            if _has_tensor(out) or rules._flatten(arg_ds) or rules._flatten(kw_ds):
-                self._unknown(ctx, where, arg_ds, kw_ds, self._input_params(args, kwargs), self.strict, self.notes)
+            if has_tensor(out) or rules._flatten(arg_ds) or rules._flatten(kw_ds):
+                unknown_op(ctx, where, arg_ds, kw_ds, self._input_params(args, kwargs), self.strict, self.notes)
             d = None
         else:
             params = [self._params(a) for a in args]
@@ -336,7 +336,7 @@ class _Tracer:
             f"{self.scope}: {type(m).__name__} created inside forward"
         out = _run_module(where, name, m, margs, mkwargs)
         if rule is None or len(margs) != 1:
-            self._unknown(ctx, where, arg_ds, kw_ds, self._input_params(args, kwargs), self.strict, self.notes)
+            unknown_op(ctx, where, arg_ds, kw_ds, self._input_params(args, kwargs), self.strict, self.notes)
             d = None
         else:
             d = rule(ctx, name, m, margs[0], arg_ds[0], out)
@@ -407,15 +407,6 @@ def _is_leaf(m: nn.Module) -> bool:
     return (mod.startswith("torch.nn") or mod.startswith("torch.ao.nn")) and not isinstance(m, nn.Sequential)
 
 
-def _run(where: str, fn: Callable, args: tuple, kwargs: dict) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except TraceError:
-        raise
-    except Exception as exc:
-        raise TraceError(f"{where}: failed on the example inputs' shapes: {type(exc).__name__}: {exc}") from exc
-
-
 def _run_module(where: str, name: str | None, m: nn.Module, args: tuple, kwargs: dict) -> Any:
     try:
         return _module_meta(name or type(m).__name__, m, args, kwargs)
@@ -445,18 +436,10 @@ def _descs(x: Any) -> Any:
     return None
 
 
-def _has_tensor(x: Any) -> bool:
-    if isinstance(x, torch.Tensor):
-        return True
-    if isinstance(x, (tuple, list)):
-        return any(_has_tensor(v) for v in x)
-    return False
-
-
 def eager_trace(model: nn.Module, inputs: tuple, ctx: rules.TraceContext, modules: dict[str, nn.Module],
-                strict: bool, notes: list[str], unknown: Callable) -> list[tuple[str, str]]:
+                strict: bool, notes: list[str]) -> list[tuple[str, str]]:
     """Run ``model`` on stand-ins of ``inputs``, filling ``ctx``; returns the operations met, in order."""
-    tracer = _Tracer(model, ctx, modules, strict, notes, unknown)
+    tracer = _Tracer(model, ctx, modules, strict, notes)
     with torch.no_grad():
         tracer.run(inputs)
     return tracer.ops

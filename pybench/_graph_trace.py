@@ -1,10 +1,8 @@
-"""How :func:`pybench.graph.trace` reads a model: torch.fx's tracer cut to what the trace uses, and the output
-shapes of leaf modules and element-wise ops computed from shapes alone.
+"""What both tracers of :func:`pybench.graph.trace` share: :class:`TraceError`, the output shapes of leaf
+modules and element-wise ops computed from shapes alone, and what an operation no rule knows does.
 
-A symbolic trace records each node with its scope table, a copy of the module stack and stack-trace hooks; the
-walk that follows needs none of them, and they cost a quarter of fx's time. The walk then runs every node on meta
-tensors, but the meta kernels of convolutions, adaptive pooling and binary element-wise ops go through Python
-references (130-260 us a call), so their shapes are computed here by arithmetic.
+The walk runs every operation on meta tensors, but the meta kernels of convolutions, adaptive pooling and binary
+element-wise ops go through Python references (130-260 us a call), so their shapes are computed here by arithmetic.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import torch.nn as nn
 
 from pybench import _graph_rules as rules
 
-__all__ = ["TraceError"]
+__all__ = ["TraceError", "has_tensor", "run_op", "unknown_op"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -27,62 +25,6 @@ class TraceError(RuntimeError):
     """A model (or an op in it) that ``trace`` cannot handle; the message names the module and operation."""
 
     __module__ = "pybench.graph"  # where users import it from
-
-
-_ATOMS = frozenset({int, float, bool, str, type(None), slice, type(Ellipsis), torch.dtype, torch.device,
-                    torch.memory_format, torch.layout})
-
-
-class _Tracer(torch.fx.Tracer):
-    """torch.fx's tracer with its per-node bookkeeping cut to what :func:`trace` reads (a quarter of its time)."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, nn.LayerNorm):  # also torchvision's LayerNorm2d, whose forward permutes around F.layer_norm
-            return True
-        return super().is_leaf_module(m, qualname)
-
-    def create_arg(self, a: Any) -> Any:
-        t = type(a)  # the common cases first; fx's general path walks pytrees and opaque-type registries
-        if t in _ATOMS:
-            return a
-        if isinstance(a, torch.fx.Proxy):
-            return a.node
-        if t is tuple or t is list:
-            out = [self.create_arg(v) for v in a]
-            return tuple(out) if t is tuple else out
-        if t is dict and all(type(k) is str for k in a):
-            return {k: self.create_arg(v) for k, v in a.items()}
-        return super().create_arg(a)
-
-    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
-        # fx's own, without the scope context manager that only feeds the scope table create_node no longer keeps
-        path = self.path_of_module(m)
-        n = self.num_calls.get(path, 0)
-        key = f"{path}@{n}" if n else path
-        self.num_calls[path] = n + 1
-        self.module_stack[key] = (path, type(m))
-        try:
-            if not self.is_leaf_module(m, path):
-                return forward(*args, **kwargs)
-            return self.create_proxy("call_module", path, args, kwargs)
-        finally:
-            self.module_stack.pop(key, None)
-
-    def create_node(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
-                    type_expr: Any = None) -> torch.fx.Node:
-        # no scope table, stack traces or copied module stack: only the innermost module, for messages (_scope)
-        node = self.graph.create_node(kind, target, args, kwargs, name, type_expr)
-        if self.module_stack:
-            key, value = next(reversed(self.module_stack.items()))
-            node.meta["nn_module_stack"] = {key: value}
-        return node
-
-
-def _fx_graph(model: nn.Module) -> torch.fx.Graph:
-    try:
-        return _Tracer().trace(model)
-    except Exception as exc:  # fx raises many kinds; name the model and the cause
-        raise TraceError(f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
 
 
 def _module_meta(name: str, m: nn.Module, args: tuple, kwargs: dict) -> Any:
@@ -171,3 +113,34 @@ def _conv_shape(m: nn.Module, shape: torch.Size) -> tuple[int, ...]:
                              f"padding {p}, dilation {d}; check example_inputs' shape (image size)")
         spatial.append(n)
     return (shape[0], m.out_channels, *spatial)
+
+
+def has_tensor(x: Any) -> bool:
+    if isinstance(x, torch.Tensor):
+        return True
+    if isinstance(x, (tuple, list)):
+        return any(has_tensor(v) for v in x)
+    return False
+
+
+def run_op(where: str, fn, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except TraceError:
+        raise
+    except Exception as exc:
+        raise TraceError(f"{where}: failed on the example inputs' shapes: {type(exc).__name__}: {exc}") from exc
+
+
+def unknown_op(ctx: rules.TraceContext, where: str, arg_ds: Any, kw_ds: Any, input_params: list[str], strict: bool,
+             notes: list[str]) -> None:
+    """An op no rule understands: the channels it reads are kept, and so are the parameters it reads."""
+    tracked = rules._flatten(arg_ds) + rules._flatten(kw_ds)
+    for p in input_params:
+        ctx.frozen[p] = where
+    if tracked:
+        msg = f"{where}: no channel rule for this operation; the channels it reads are kept"
+        if strict:
+            raise TraceError(msg)
+        ctx.pin_all(tracked, msg)
+        notes.append(msg)

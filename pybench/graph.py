@@ -1,8 +1,8 @@
 """Tracing a model into a :class:`ChannelGraph`: the groups of channels that must be removed together.
 
-``trace`` runs a lean ``torch.fx`` symbolic trace once (:mod:`pybench._graph_trace`) and walks the graph with meta
-tensors (shapes without data, so no real forward pass), giving every output channel of a conv / linear a global id
-and following each id through the graph (:mod:`pybench._graph_rules`): residual additions and products merge ids,
+``trace`` runs the model's forward once on shape-only stand-ins (:mod:`pybench._graph_eager`; or walks a
+``torch.fx`` graph, :mod:`pybench._graph_fx`), giving every output channel of a conv / linear a global id and
+following each id through every operation (:mod:`pybench._graph_rules`): residual additions and products merge ids,
 depthwise convs pass them through, concat / split / reshape / shuffle move them, and every module or parameter
 dimension indexed by channels becomes a *slot* holding the id of each of its indices. Merged ids form *units* (one
 unit = one channel of a group, possibly several indices of a member, e.g. a flatten -> linear block); units whose
@@ -12,7 +12,6 @@ Channels reaching the model's outputs, or read by an op no rule understands, are
 
 from __future__ import annotations
 
-import operator
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,16 +19,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.fx
 import torch.nn as nn
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pybench import _gc, _slots
-from pybench import _graph_fn_rules as fn_rules
 from pybench import _graph_rules as rules
 from pybench._graph_eager import eager_trace
-from pybench._graph_trace import TraceError, _elementwise_meta, _fx_graph, _module_meta
+from pybench._graph_fx import fx_graph, fx_ops, walk_fx
+from pybench._graph_trace import TraceError
 
 __all__ = ["ChannelGraph", "Group", "Member", "TraceError", "TrainingModeWarning", "trace"]
 
@@ -268,24 +266,6 @@ class ChannelGraph:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _to_meta(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return torch.empty(x.shape, dtype=x.dtype, device="meta")
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_meta(v) for v in x)
-    return x
-
-
-def _map(x: Any, fn) -> Any:
-    """``x`` with each fx Node replaced by ``fn(node)`` (torch.fx.node.map_arg, with the flat cases inlined)."""
-    t = type(x)
-    if t is tuple and not any(isinstance(v, (list, tuple, dict, slice)) for v in x):  # fx's are subclasses
-        return tuple(fn(v) if isinstance(v, torch.fx.Node) else v for v in x)
-    if t is dict and not x:
-        return {}
-    return torch.fx.node.map_arg(x, fn)
-
-
 def _check_inputs(example_inputs: Any) -> tuple:
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
@@ -293,32 +273,6 @@ def _check_inputs(example_inputs: Any) -> tuple:
         return tuple(example_inputs)
     raise TypeError("example_inputs must be a tensor or a tuple of tensors (e.g. torch.randn(1, 3, 224, 224)), "
                     f"got {type(example_inputs).__name__}")
-
-
-def _param_names(arg: Any, ctx: rules.TraceContext) -> Any:
-    if isinstance(arg, torch.fx.Node):
-        return ctx.param_of.get(arg)
-    if isinstance(arg, (tuple, list)):
-        return [_param_names(a, ctx) for a in arg]
-    return None
-
-
-def _unknown(ctx: rules.TraceContext, where: str, arg_ds: Any, kw_ds: Any, input_params: list[str], strict: bool,
-             notes: list[str]) -> None:
-    """An op no rule understands: the channels it reads are kept, and so are the parameters it reads."""
-    tracked = rules._flatten(arg_ds) + rules._flatten(kw_ds)
-    for p in input_params:
-        ctx.frozen[p] = where
-    if tracked:
-        msg = f"{where}: no channel rule for this operation; the channels it reads are kept"
-        if strict:
-            raise TraceError(msg)
-        ctx.pin_all(tracked, msg)
-        notes.append(msg)
-
-
-def _node_params(ctx: rules.TraceContext, node: torch.fx.Node) -> list[str]:
-    return [ctx.param_of[a] for a in node.all_input_nodes if a in ctx.param_of]
 
 
 TRACERS = ("eager", "fx")
@@ -351,15 +305,15 @@ def _trace(model: nn.Module, inputs: tuple, strict: bool, tracer: str = "eager")
     ctx = rules.TraceContext()
     notes: list[str] = []
     if tracer == "fx":
-        graph = _fx_graph(model)
+        graph = fx_graph(model)
         if model.training:
-            _check_training_mode(model, _fx_ops(graph), lambda: _fx_ops(_fx_graph(model)))
-        _walk_fx(graph, model, inputs, ctx, modules, strict, notes)
+            _check_training_mode(model, fx_ops(graph), lambda: fx_ops(fx_graph(model)))
+        walk_fx(graph, model, inputs, ctx, modules, strict, notes)
     else:
-        ops = eager_trace(model, inputs, ctx, modules, strict, notes, _unknown)
+        ops = eager_trace(model, inputs, ctx, modules, strict, notes)
         if model.training:
             _check_training_mode(model, ops, lambda: eager_trace(model, inputs, rules.TraceContext(), modules,
-                                                                 strict, [], _unknown))
+                                                                 strict, []))
     # a parameter read by an op no rule understands cannot be sliced
     for key, ids in ctx.slots.items() if ctx.frozen else ():
         kind, name, _ = key
@@ -369,81 +323,6 @@ def _trace(model: nn.Module, inputs: tuple, strict: bool, tracer: str = "eager")
                 ctx.pin(ids, f"{p} is also read by {ctx.frozen[p]}")
     used = {k[1] for k in ctx.slots if k[0] == "module"}
     return ChannelGraph(ctx, {n: modules[n] for n in used}, fingerprint(model, modules), [], notes)
-
-
-def _fx_ops(graph: torch.fx.Graph) -> list[tuple[str, str]]:
-    return [(n.op, str(n.target)) for n in graph.nodes]
-
-
-def _walk_fx(graph: torch.fx.Graph, model: nn.Module, inputs: tuple, ctx: rules.TraceContext,
-             modules: dict[str, nn.Module], strict: bool, notes: list[str]) -> None:
-    meta: dict[torch.fx.Node, Any] = {}
-    desc: dict[torch.fx.Node, Any] = {}
-    n_in = 0
-    for node in graph.nodes:
-        op = node.op
-        if op == "placeholder":
-            if n_in >= len(inputs):
-                if node.args:  # default argument
-                    meta[node], desc[node] = node.args[0], None
-                    continue
-                raise TypeError(f"example_inputs has {len(inputs)} tensors but the model's forward takes more "
-                                f"(missing {node.target!r})")
-            meta[node], desc[node] = _to_meta(inputs[n_in]), None
-            n_in += 1
-            continue
-        if op == "get_attr":
-            value = model
-            for part in node.target.split("."):
-                value = getattr(value, part)
-            meta[node], desc[node] = _to_meta(value), None
-            if isinstance(value, torch.Tensor):
-                ctx.param_of[node] = node.target
-            continue
-        if op == "output":
-            ctx.pin_all(_map(node.args, lambda n: desc.get(n)), "model output")
-            continue
-        ctx.node = node
-        args = _map(node.args, lambda n: meta[n])
-        kwargs = _map(node.kwargs, lambda n: meta[n])
-        arg_ds = _map(node.args, lambda n: desc[n])
-        kw_ds = _map(node.kwargs, lambda n: desc[n])
-        if op == "call_module":
-            m = modules[node.target]
-            where = f"{node.target} ({type(m).__name__})"
-            out = _run(where, _module_meta, node.target, m, args, kwargs)
-            rule = rules.module_rule(m)
-            if rule is None or len(args) != 1:
-                _unknown(ctx, where, arg_ds, kw_ds, _node_params(ctx, node), strict, notes)
-                d = None
-            else:
-                d = rule(ctx, node.target, m, args[0], arg_ds[0], out)
-        else:
-            if op == "call_function":
-                fn = node.target
-                where = f"{_scope(node)}: {getattr(fn, '__name__', str(fn))}"
-                rule = fn_rules.FUNCTION_RULES.get(fn)
-                if fn is torch._assert:
-                    meta[node], desc[node] = None, None
-                    continue
-                out = _elementwise_meta(fn, args, kwargs)
-                if out is None:
-                    out = _run(where, fn, *args, **kwargs)
-            else:
-                where = f"{_scope(node)}: Tensor.{node.target}"
-                rule = fn_rules.METHOD_RULES.get(node.target)
-                out = _elementwise_meta(node.target, args, kwargs)
-                if out is None:
-                    out = _run(where, getattr(args[0], node.target), *args[1:], **kwargs)
-            if rule is None:
-                if _has_tensor(out) or rules._flatten(arg_ds) or rules._flatten(kw_ds):
-                    _unknown(ctx, where, arg_ds, kw_ds, _node_params(ctx, node), strict, notes)
-                d = None
-            else:
-                params = [_param_names(a, ctx) for a in node.args]
-                d = rule(ctx, where, args, kwargs, list(arg_ds), dict(kw_ds), out, params)
-        meta[node], desc[node] = out, d
-        _provenance(ctx, node, desc)
 
 
 def fingerprint(model: nn.Module, modules: dict[str, nn.Module] | None = None) -> list[tuple[str, tuple[int, ...]]]:
@@ -488,62 +367,3 @@ def _check_training_mode(model: nn.Module, ours: list[tuple[str, str]],
     if culprit is not None:
         warnings.warn(f"trace: model is in training mode and {culprit} behaves differently there (its graph is "
                       "the same as in eval mode); call model.eval() first", TrainingModeWarning, stacklevel=4)
-
-
-def _provenance(ctx: rules.TraceContext, node: torch.fx.Node, desc: dict) -> None:
-    """Remember which channel ids a python int counts (x.size(1), x.shape[1] // 2, ...)."""
-    op, t = node.op, node.target
-    if (op == "call_method" and t == "size") or (op == "call_function" and t is getattr and node.args[1] == "shape"):
-        d = desc.get(node.args[0])
-        if d is None:
-            return
-        per_axis = tuple(
-            rules.along(d, a, d.shape[a]) if d.shape[a] > 1 and len(rules.vary_axes(d)) == 1 else None
-            for a in range(d.ndim))
-        dim = node.args[1] if op == "call_method" and len(node.args) > 1 else node.kwargs.get("dim")
-        if dim is None:
-            ctx.prov[node] = per_axis
-        elif per_axis[dim] is not None:
-            ctx.prov[node] = ("direct", per_axis[dim])
-        return
-    if op == "call_function" and t is operator.getitem and node.args[0] in ctx.prov:
-        src = ctx.prov[node.args[0]]
-        if isinstance(src, tuple) and isinstance(node.args[1], int) and src and not isinstance(src[0], str):
-            ids = src[node.args[1]]
-            if ids is not None:
-                ctx.prov[node] = ("direct", ids)
-        return
-    if op == "call_function" and t in (operator.floordiv, operator.mul, operator.truediv, operator.add,
-                                       operator.sub, operator.mod):
-        for a in node.args:
-            if isinstance(a, torch.fx.Node) and isinstance(ctx.prov.get(a), tuple) and ctx.prov[a] and \
-                    isinstance(ctx.prov[a][0], str):
-                ctx.prov[node] = ("derived", ctx.prov[a][1])
-                return
-
-
-def _scope(node: torch.fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack")
-    if stack:
-        return list(stack.values())[-1][0] if isinstance(list(stack.values())[-1], tuple) else str(node.name)
-    return node.name
-
-
-def _has_tensor(x: Any) -> bool:
-    if isinstance(x, torch.Tensor):
-        return True
-    if isinstance(x, (tuple, list)):
-        return any(_has_tensor(v) for v in x)
-    return False
-
-
-def _run(where: str, fn, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except TraceError:
-        raise
-    except Exception as exc:
-        raise TraceError(f"{where}: failed on the example inputs' shapes: {type(exc).__name__}: {exc}") from exc
-
-
-_ = operator  # operator is referenced by rules through FUNCTION_RULES

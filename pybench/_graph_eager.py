@@ -20,11 +20,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from pybench import _graph_fn_rules as fn_rules
 from pybench import _graph_rules as rules
 from pybench._channels import along, vary_axes
 from pybench._graph_rules import SymInt
-from pybench._graph_trace import TraceError, _elementwise_meta, _module_meta, has_tensor, run_op, unknown_op
+from pybench._graph_trace import TraceError, function_step, module_step
 
 __all__ = ["Value", "eager_trace"]
 
@@ -54,13 +53,13 @@ class Value:
     def __torch_function__(cls, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
         tracer = _ACTIVE[-1]
         kwargs = kwargs or {}
-        target = _DUNDERS.get(getattr(func, "__name__", None)) if _is_tensor_method(func) else None
+        if not _is_tensor_method(func):
+            return tracer.call("call_function", func, args, kwargs)
+        target = _DUNDERS.get(func.__name__)
         if target is not None:  # real_tensor + value and the like: the operator itself
             fn, swap = target
             return tracer.call("call_function", fn, (args[1], args[0]) if swap else args, kwargs)
-        if _is_tensor_method(func):
-            return tracer.call("call_method", func.__name__, args, kwargs)
-        return tracer.call("call_function", func, args, kwargs)
+        return tracer.call("call_method", func.__name__, args, kwargs)
 
     # -- sizes: ints that remember the channels they count ----------------------------------------------------------
     def _shape(self) -> torch.Size:
@@ -198,7 +197,6 @@ class _Tracer:
                  notes: list[str]) -> None:
         self.model, self.ctx, self.strict, self.notes = model, ctx, strict, notes
         self.paths = {id(m): name for name, m in modules.items()}
-        self.modules = modules
         self.ops: list[tuple[str, str]] = []  # (kind, target) of every operation, to compare train and eval runs
         self._tensor_names: dict[int, str] | None = None
         self._kinds: dict[type, tuple[bool, Callable | None]] = {}
@@ -274,33 +272,13 @@ class _Tracer:
             _ACTIVE.pop()
 
     def _call(self, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
-        ctx = self.ctx
         self.ops.append((kind, target if isinstance(target, str) else getattr(target, "__name__", str(target))))
         margs, arg_ds = self._unwrap(args)
         mkwargs, kw_ds = self._unwrap(kwargs) if kwargs else ({}, {})
-        scope = self.scope
-        if kind == "call_function":
-            if target is torch._assert:
-                return None
-            where = f"{scope}: {getattr(target, '__name__', str(target))}"
-            rule = fn_rules.FUNCTION_RULES.get(target)
-            out = _elementwise_meta(target, margs, mkwargs)
-            if out is None:
-                out = run_op(where, target, *margs, **mkwargs)
-        else:
-            where = f"{scope}: Tensor.{target}"
-            rule = fn_rules.METHOD_RULES.get(target)
-            out = _elementwise_meta(target, margs, mkwargs)
-            if out is None:
-                out = run_op(where, getattr(margs[0], target), *margs[1:], **mkwargs)
-        ctx.node = _Op(kind, target, args, kwargs)
-        if rule is None:
-            if has_tensor(out) or rules._flatten(arg_ds) or rules._flatten(kw_ds):
-                unknown_op(ctx, where, arg_ds, kw_ds, self._input_params(args, kwargs), self.strict, self.notes)
-            d = None
-        else:
-            params = [self._params(a) for a in args]
-            d = rule(ctx, where, margs, mkwargs, list(arg_ds), dict(kw_ds), out, params)
+        self.ctx.node = _Op(kind, target, args, kwargs)
+        out, d = function_step(self.ctx, kind, target, self.scope, margs, mkwargs, arg_ds, kw_ds,
+                               lambda: [self._params(a) for a in args], lambda: self._input_params(args, kwargs),
+                               self.strict, self.notes)
         return _wrap(out, d)
 
     @property
@@ -325,7 +303,6 @@ class _Tracer:
             _ACTIVE.pop()
 
     def _call_leaf(self, m: nn.Module, name: str | None, rule: Callable | None, args: tuple, kwargs: dict) -> Any:
-        ctx = self.ctx
         self.ops.append(("call_module", str(name)))
         if len(args) == 1 and not kwargs and type(args[0]) is Value:  # the common case: one tensor in
             margs, arg_ds, mkwargs, kw_ds = (args[0].meta,), (args[0].desc,), {}, {}
@@ -334,12 +311,8 @@ class _Tracer:
             mkwargs, kw_ds = self._unwrap(kwargs) if kwargs else ({}, {})
         where = f"{name} ({type(m).__name__})" if name is not None else \
             f"{self.scope}: {type(m).__name__} created inside forward"
-        out = _run_module(where, name, m, margs, mkwargs)
-        if rule is None or len(margs) != 1:
-            unknown_op(ctx, where, arg_ds, kw_ds, self._input_params(args, kwargs), self.strict, self.notes)
-            d = None
-        else:
-            d = rule(ctx, name, m, margs[0], arg_ds[0], out)
+        out, d = module_step(self.ctx, name or type(m).__name__, m, rule, where, margs, mkwargs, arg_ds, kw_ds,
+                             lambda: self._input_params(args, kwargs), self.strict, self.notes)
         if type(out) is torch.Tensor:
             return Value(out, d if type(d) is np.ndarray else None)
         return _wrap(out, d)
@@ -405,15 +378,6 @@ def _is_leaf(m: nn.Module) -> bool:
         return True
     mod = type(m).__module__
     return (mod.startswith("torch.nn") or mod.startswith("torch.ao.nn")) and not isinstance(m, nn.Sequential)
-
-
-def _run_module(where: str, name: str | None, m: nn.Module, args: tuple, kwargs: dict) -> Any:
-    try:
-        return _module_meta(name or type(m).__name__, m, args, kwargs)
-    except TraceError:
-        raise
-    except Exception as exc:
-        raise TraceError(f"{where}: failed on the example inputs' shapes: {type(exc).__name__}: {exc}") from exc
 
 
 def _wrap(out: Any, d: Any) -> Any:

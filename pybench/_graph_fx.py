@@ -16,9 +16,8 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from pybench import _graph_fn_rules as fn_rules
 from pybench import _graph_rules as rules
-from pybench._graph_trace import TraceError, _elementwise_meta, _module_meta, has_tensor, run_op, unknown_op
+from pybench._graph_trace import TraceError, function_step, module_step
 
 __all__ = ["fx_graph", "fx_ops", "walk_fx"]
 
@@ -148,38 +147,12 @@ def walk_fx(graph: torch.fx.Graph, model: nn.Module, inputs: tuple, ctx: rules.T
         kw_ds = _map(node.kwargs, lambda n: desc[n])
         if op == "call_module":
             m = modules[node.target]
-            where = f"{node.target} ({type(m).__name__})"
-            out = run_op(where, _module_meta, node.target, m, args, kwargs)
-            rule = rules.module_rule(m)
-            if rule is None or len(args) != 1:
-                unknown_op(ctx, where, arg_ds, kw_ds, _node_params(ctx, node), strict, notes)
-                d = None
-            else:
-                d = rule(ctx, node.target, m, args[0], arg_ds[0], out)
+            out, d = module_step(ctx, node.target, m, rules.module_rule(m), f"{node.target} ({type(m).__name__})",
+                                 args, kwargs, arg_ds, kw_ds, lambda n=node: _node_params(ctx, n), strict, notes)
         else:
-            if op == "call_function":
-                fn = node.target
-                where = f"{_scope(node)}: {getattr(fn, '__name__', str(fn))}"
-                rule = fn_rules.FUNCTION_RULES.get(fn)
-                if fn is torch._assert:
-                    meta[node], desc[node] = None, None
-                    continue
-                out = _elementwise_meta(fn, args, kwargs)
-                if out is None:
-                    out = run_op(where, fn, *args, **kwargs)
-            else:
-                where = f"{_scope(node)}: Tensor.{node.target}"
-                rule = fn_rules.METHOD_RULES.get(node.target)
-                out = _elementwise_meta(node.target, args, kwargs)
-                if out is None:
-                    out = run_op(where, getattr(args[0], node.target), *args[1:], **kwargs)
-            if rule is None:
-                if has_tensor(out) or rules._flatten(arg_ds) or rules._flatten(kw_ds):
-                    unknown_op(ctx, where, arg_ds, kw_ds, _node_params(ctx, node), strict, notes)
-                d = None
-            else:
-                params = [_param_names(a, ctx) for a in node.args]
-                d = rule(ctx, where, args, kwargs, list(arg_ds), dict(kw_ds), out, params)
+            out, d = function_step(ctx, op, node.target, _scope(node), args, kwargs, arg_ds, kw_ds,
+                                   lambda n=node: [_param_names(a, ctx) for a in n.args],
+                                   lambda n=node: _node_params(ctx, n), strict, notes)
         meta[node], desc[node] = out, d
         _provenance(ctx, node, desc)
 

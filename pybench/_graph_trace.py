@@ -8,15 +8,17 @@ element-wise ops go through Python references (130-260 us a call), so their shap
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.fx
 import torch.nn as nn
 
+from pybench import _graph_fn_rules as fn_rules
 from pybench import _graph_rules as rules
 
-__all__ = ["TraceError", "has_tensor", "run_op", "unknown_op"]
+__all__ = ["TraceError", "function_step", "has_tensor", "module_step", "run_op", "unknown_op"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -144,3 +146,41 @@ def unknown_op(ctx: rules.TraceContext, where: str, arg_ds: Any, kw_ds: Any, inp
             raise TraceError(msg)
         ctx.pin_all(tracked, msg)
         notes.append(msg)
+
+
+def module_step(ctx: rules.TraceContext, name: str, m: nn.Module, rule: Any, where: str, args: tuple, kwargs: dict,
+                arg_ds: Any, kw_ds: Any, input_params: Callable[[], list[str]], strict: bool,
+                notes: list[str]) -> tuple[Any, Any]:
+    """One leaf-module call, for either tracer: its meta output and the descriptor its rule gives (or the op is
+    unknown: ``input_params()`` names the parameters it reads)."""
+    out = run_op(where, _module_meta, name, m, args, kwargs)
+    if rule is None or len(args) != 1:
+        unknown_op(ctx, where, arg_ds, kw_ds, input_params(), strict, notes)
+        return out, None
+    return out, rule(ctx, name, m, args[0], arg_ds[0], out)
+
+
+def function_step(ctx: rules.TraceContext, kind: str, target: Any, scope: str, args: tuple, kwargs: dict,
+                  arg_ds: Any, kw_ds: Any, params: Callable[[], list], input_params: Callable[[], list[str]],
+                  strict: bool, notes: list[str]) -> tuple[Any, Any]:
+    """One ``call_function`` / ``call_method``, for either tracer: its meta output and the descriptor its rule gives
+    (``params()``: the parameter name at each argument); an op without a rule is unknown."""
+    if kind == "call_function":
+        if target is torch._assert:
+            return None, None
+        where = f"{scope}: {getattr(target, '__name__', str(target))}"
+        rule = fn_rules.FUNCTION_RULES.get(target)
+        out = _elementwise_meta(target, args, kwargs)
+        if out is None:
+            out = run_op(where, target, *args, **kwargs)
+    else:
+        where = f"{scope}: Tensor.{target}"
+        rule = fn_rules.METHOD_RULES.get(target)
+        out = _elementwise_meta(target, args, kwargs)
+        if out is None:
+            out = run_op(where, getattr(args[0], target), *args[1:], **kwargs)
+    if rule is None:
+        if has_tensor(out) or rules._flatten(arg_ds) or rules._flatten(kw_ds):
+            unknown_op(ctx, where, arg_ds, kw_ds, input_params(), strict, notes)
+        return out, None
+    return out, rule(ctx, where, args, kwargs, list(arg_ds), dict(kw_ds), out, params())

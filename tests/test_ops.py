@@ -247,6 +247,52 @@ def test_list_faces_split_tensors_of_several_devices():
     assert torch.equal(got[0], cpu[[1, 3]]) and got[1].shape == (1, 4) and got[1].device.type == "meta"
 
 
+# ------------------------------------------------------------------------- every op, dtype and layout (GPU proof)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_every_op_in_every_dtype_and_layout(layout, dtype, device):
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(40, 24, 3, 3, generator=g).to(dtype).to(device).contiguous(memory_format=fmt)
+    x = torch.relu(torch.randn(3, 40, 9, 7, generator=g)).to(dtype).to(device).contiguous(memory_format=fmt)
+    wd, xd = w.contiguous(), x.contiguous()  # the reference reads a plain NCHW copy
+    for dim in (0, 1):
+        _close(ops.channel_stats(w, dim), ops.ref_channel_stats(wd, dim), dtype)
+        for got, ref in zip(ops.channel_stats_list([w, x], dim), ops.ref_channel_stats_list([wd, xd], dim),
+                            strict=True):
+            _close(got, ref, dtype)
+    _close(ops.activation_stats(x), ops.ref_activation_stats(xd), dtype)
+    state = ops.activation_stats(x[:1])
+    _close(ops.activation_stats(x[1:], state), ops.ref_activation_stats(xd), dtype)
+    o = torch.tensor([39, 0, 7, 7], device=device)
+    i = torch.tensor([3, 23, 1], device=device, dtype=torch.int32)
+    assert torch.equal(ops.channel_gather(w, o, i), ops.ref_channel_gather(wd, o, i))
+    got = ops.channel_gather_list([w, x], [o, None], [i, o[:2]])
+    assert torch.equal(got[0], wd[o][:, i.long()]) and torch.equal(got[1], xd[:, o[:2]])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kernels_at_launch_shape_edges(device):
+    # more channels than a warp multiple, more pieces than a row block, runs longer and shorter than a block;
+    # sums over 1e5 fp32 elements round at ~1e-5 of their size in any order, hence rtol 1e-4
+    def _close(got, want, dtype):
+        torch.testing.assert_close(got.double().cpu(), want.double().cpu(), rtol=1e-4, atol=1e-4)
+
+    g = torch.Generator().manual_seed(6)
+    for shape, dim in [((3, 70001, 2), 1), ((70001, 3), 0), ((2, 5, 70001), 1), ((1, 257, 1, 1), 1)]:
+        w = torch.randn(shape, generator=g).to(device)
+        _close(ops.channel_stats(w, dim), ops.ref_channel_stats(w, dim), torch.float32)
+    for shape in [(70001, 3), (2, 33, 1, 70001), (40000, 2, 1, 1)]:
+        x = torch.relu(torch.randn(shape, generator=g)).to(device)
+        _close(ops.activation_stats(x), ops.ref_activation_stats(x), torch.float32)
+    x4 = torch.relu(torch.randn(4, 33, 65, 65, generator=g)).to(device).contiguous(memory_format=torch.channels_last)
+    _close(ops.activation_stats(x4), ops.ref_activation_stats(x4.contiguous()), torch.float32)
+    w = torch.randn(300, 1000, generator=g).to(device)
+    rows, cols = torch.randperm(300, generator=g)[:299].to(device), torch.randperm(1000, generator=g)[:999].to(device)
+    assert torch.equal(ops.channel_gather(w, rows, cols), w[rows][:, cols])
+
+
 # ------------------------------------------------------------------------------------------------------ bad input
 BAD_INPUT = [
     (lambda: ops.channel_stats(torch.zeros(4, 4, dtype=torch.int64), 0), TypeError, "w must be a floating-point"),

@@ -111,6 +111,18 @@ def ops_table(bench: dict[str, Any] | None) -> tuple[str, list[str]]:
     return _md(rows, head) + "\n\n" + note, missed
 
 
+def _clocks_under_load(run: Path) -> dict[str, Any]:
+    """cell id -> the SM clock read right after its timed loops (records' details.gpu_telemetry)."""
+    out = {}
+    for line in (run / "records.jsonl").read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        out[rec.get("cell_id")] = ((rec.get("details") or {}).get("gpu_telemetry") or {}).get("sm_clock_mhz")
+    return out
+
+
 def speedup_table(run: Path) -> tuple[str, list[str], list[dict[str, Any]]]:
     """(the realised speedup table, failed cells, its rows as dicts) of the suite's run folder."""
     if not (run / "records.jsonl").is_file():
@@ -127,6 +139,7 @@ def speedup_table(run: Path) -> tuple[str, list[str], list[dict[str, Any]]]:
     ok = df[df["status"] == "ok"]
     key = ["model", "batch_size", "dtype", "device"]
     dense_energy = {tuple(r[k] for k in key): r.get("energy_j_per_item") for _, r in ok[ok["level"] == 0].iterrows()}
+    clocks = _clocks_under_load(run)
     rows, dicts = [], []
     for _, r in a.sort_values(["model", "level", "dtype", "batch_size"]).iterrows():
         e_dense, e_pruned = dense_energy.get(tuple(r[k] for k in key)), r.get("energy_j_per_item")
@@ -136,15 +149,17 @@ def speedup_table(run: Path) -> tuple[str, list[str], list[dict[str, Any]]]:
              "macs_speedup": macs, "realised_over_macs": realised / macs if realised and macs else None,
              "noise": r.get("speedup_noise"), "dense_peak_mib": (r.get("dense_peak_memory_bytes") or 0) / 2**20,
              "pruned_peak_mib": (r.get("peak_memory_bytes") or 0) / 2**20, "dense_mj_per_item":
-             e_dense * 1e3 if e_dense else None, "pruned_mj_per_item": e_pruned * 1e3 if e_pruned else None}
+             e_dense * 1e3 if e_dense else None, "pruned_mj_per_item": e_pruned * 1e3 if e_pruned else None,
+             "sm_clock_mhz": clocks.get(r["cell_id"])}
         dicts.append(d)
         rows.append([d["model"], f"{d['level']:g}", d["dtype"], d["batch_size"], _f(d["dense_ms"], ".3f"),
                      _f(d["pruned_ms"], ".3f"), _f(realised, ".2f") + "x", _f(macs, ".2f") + "x",
                      _f(d["realised_over_macs"], ".2f"), _f(d["noise"] and d["noise"] * 100, ".0f"),
                      f"{d['dense_peak_mib']:.0f} -> {d['pruned_peak_mib']:.0f}",
-                     f"{_f(d['dense_mj_per_item'], '.2f')} -> {_f(d['pruned_mj_per_item'], '.2f')}"])
+                     f"{_f(d['dense_mj_per_item'], '.2f')} -> {_f(d['pruned_mj_per_item'], '.2f')}",
+                     "" if d["sm_clock_mhz"] is None else d["sm_clock_mhz"]])
     head = ["model", "level", "dtype", "batch", "dense ms", "pruned ms", "speedup", "MACs speedup",
-            "realised / MACs", "noise %", "peak MiB", "energy mJ/item"]
+            "realised / MACs", "noise %", "peak MiB", "energy mJ/item", "SM MHz (pruned, after timing)"]
     return _md(rows, head), failed, dicts
 
 

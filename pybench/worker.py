@@ -308,6 +308,8 @@ def measure_cell(model: Any, cfg: dict[str, Any], accuracy: dict[str, Any] | Non
                        latency_min_ms=float(pooled.min()), throughput=bs / p50 * 1e3, latency_noise=_noise(p50s))
         details["latency_repeats_p50_ms"] = p50s
         details["latency"] = {k: v for k, v in runs[0].to_dict().items() if k != "samples_ms"}
+        if dev.startswith("cuda"):  # clocks, power, temperature and throttle reasons right after the timed loops
+            details["gpu_telemetry"] = measure.telemetry(dev).to_dict()
         if energy:
             per_item = [r.energy.energy_per_item_j for r in runs
                         if r.energy is not None and r.energy.energy_per_item_j is not None]

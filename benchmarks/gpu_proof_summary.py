@@ -179,7 +179,8 @@ def build(out: Path, dry_run: bool = False) -> tuple[str, dict[str, Any]]:
                ["torch (version, CUDA, GPU seen)", env.get("torch")], ["nvcc", " ".join(env.get("nvcc") or [])],
                ["compute-sanitizer", " ".join(env.get("compute-sanitizer") or []) or "not found"],
                ["python", env.get("python")], ["CPUs", env.get("cpus")], ["host", env.get("host")],
-               ["pybench commit", f"{env.get('git_commit')}{' (uncommitted changes)' if env.get('git_dirty') else ''}"]]
+               ["pybench commit", (env.get("git_commit") or "unknown (no git checkout)")
+                + (" (uncommitted changes)" if env.get("git_dirty") else "")]]
     md += ["## Machine", "", _md([[k, "" if v is None else v] for k, v in machine], ["", ""]), ""]
 
     rows = []

@@ -6,7 +6,8 @@ benchmarks/gpu_proof.py runs under compute-sanitizer (memcheck, racecheck, initc
 
 Small tensors (a sanitizer slows kernels 10-100x), but shapes that reach every branch of the kernels: long and
 short runs, the rows layout (channels_last, inner size 1), a channel count that is not a multiple of the warp,
-empty tensors, int32 and int64 indices, strided views. Exit 1 if any result differs from the reference.
+empty tensors, int32 and int64 indices, strided views. The references run on CPU copies (torch's GPU kernels stay
+out of the sanitizer's way, and the check is independent of the device). Exit 1 if any result differs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def _close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> bool:
                                                       atol=TOL[dtype])
 
 
+def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.cpu()
+
+
 def calls(device: torch.device) -> list[tuple[str, bool]]:
     """(what, matched the reference) for every call of the workload."""
     g = torch.Generator().manual_seed(0)
@@ -43,17 +48,18 @@ def calls(device: torch.device) -> list[tuple[str, bool]]:
         for shape, dim in WEIGHTS:
             w = rand(shape, dtype)
             out.append((f"channel_stats {shape} dim {dim} {name}",
-                        _close(ops.channel_stats(w, dim), ops.ref_channel_stats(w, dim), dtype)))
+                        _close(ops.channel_stats(w, dim), ops.ref_channel_stats(w.cpu(), dim), dtype)))
             if w.dim() == 4:
                 wc = w.contiguous(memory_format=torch.channels_last)
                 out.append((f"channel_stats {shape} dim {dim} {name} channels_last",
-                            _close(ops.channel_stats(wc, dim), ops.ref_channel_stats(w, dim), dtype)))
+                            _close(ops.channel_stats(wc, dim), ops.ref_channel_stats(w.cpu(), dim), dtype)))
         ws = [rand(s, dtype) for s, _ in WEIGHTS[:5]]
         for got, w in zip(ops.channel_stats_list(ws, 0), ws, strict=True):
-            out.append((f"channel_stats_list {tuple(w.shape)} {name}", _close(got, ops.ref_channel_stats(w, 0), dtype)))
+            out.append((f"channel_stats_list {tuple(w.shape)} {name}",
+                        _close(got, ops.ref_channel_stats(w.cpu(), 0), dtype)))
         for shape in ACTIVATIONS:
             x = torch.relu(rand(shape, dtype))
-            ref = ops.ref_activation_stats(x)
+            ref = ops.ref_activation_stats(x.cpu())
             out.append((f"activation_stats {shape} {name}", _close(ops.activation_stats(x), ref, dtype)))
             if x.dim() == 4:
                 xc = x.contiguous(memory_format=torch.channels_last)
@@ -69,17 +75,18 @@ def calls(device: torch.device) -> list[tuple[str, bool]]:
             for oi, ii in [(o, i), (None, i), (o.int(), None), (None, None)]:
                 got = ops.channel_gather(w, oi, ii)
                 out.append((f"channel_gather {shape} {name} out={oi is not None} in={ii is not None}",
-                            torch.equal(got, ops.ref_channel_gather(w, oi, ii))))
+                            torch.equal(got.cpu(), ops.ref_channel_gather(w.cpu(), _cpu(oi), _cpu(ii)))))
             if w.dim() == 4:
                 wc = w.contiguous(memory_format=torch.channels_last)
                 out.append((f"channel_gather {shape} {name} channels_last",
-                            torch.equal(ops.channel_gather(wc, o, i), ops.ref_channel_gather(w, o, i))))
+                            torch.equal(ops.channel_gather(wc, o, i).cpu(),
+                                        ops.ref_channel_gather(w.cpu(), _cpu(o), _cpu(i)))))
         ws = [rand(s, dtype) for s in [(8, 4, 3, 3), (6,), (5, 9)]]
         idx = [torch.tensor([1, 5, 5], device=device), torch.tensor([0], device=device), None]
         ins = [torch.tensor([3, 0], device=device, dtype=torch.int32), None, torch.tensor([8], device=device)]
         for got, w, o, i in zip(ops.channel_gather_list(ws, idx, ins), ws, idx, ins, strict=True):
             out.append((f"channel_gather_list {tuple(w.shape)} {name}",
-                        torch.equal(got, ops.ref_channel_gather(w, o, i))))
+                        torch.equal(got.cpu(), ops.ref_channel_gather(w.cpu(), _cpu(o), _cpu(i)))))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return out

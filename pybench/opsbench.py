@@ -54,8 +54,8 @@ class OpCase:
 
 @dataclass
 class BenchRow:
-    """One timed case. ``copy_share`` is fused GB/s over the run's copy GB/s; ``bandwidth_met`` is None for cases
-    smaller than :data:`LARGE_MB`, which are not judged on bandwidth."""
+    """One timed case. ``copy_share`` is fused GB/s over the run's copy GB/s; ``bandwidth_met`` is None where the
+    case is not judged on bandwidth (smaller than :data:`LARGE_MB`, or not on a GPU)."""
 
     op: str
     layer: str
@@ -163,13 +163,13 @@ def cases(large: bool = False) -> list[OpCase]:
     cs, act, gather = "channel_stats", "activation_stats", "channel_gather"
     return [
         OpCase(cs, "resnet50 layer4 conv2", (512, 512, 3, 3), _weight((512, 512, 3, 3)),
-               lambda x: ops.channel_stats(x, 0), _eager_channel_stats, 5.0),
+               _stats0, _eager_channel_stats, 5.0),
         OpCase(cs, "resnet50 layer4 conv3", (2048, 512, 1, 1), _weight((2048, 512, 1, 1)),
-               lambda x: ops.channel_stats(x, 0), _eager_channel_stats, 5.0),
+               _stats0, _eager_channel_stats, 5.0),
         OpCase(cs, "2048x512x3x3 (FACTS.md)", (2048, 512, 3, 3), _weight((2048, 512, 3, 3)),
-               lambda x: ops.channel_stats(x, 0), _eager_channel_stats, 5.0),
+               _stats0, _eager_channel_stats, 5.0),
         OpCase(cs, "vgg16 fc1", (4096, 25088), _weight((4096, 25088)),
-               lambda x: ops.channel_stats(x, 0), _eager_channel_stats, 5.0),
+               _stats0, _eager_channel_stats, 5.0),
         OpCase(act, "resnet50 layer1 out, b64", (64, 256, 56, 56), _activation((64, 256, 56, 56)),
                lambda x: ops.activation_stats(x), _eager_activation_stats, 10.0),
         OpCase(act, "same, channels_last", (64, 256, 56, 56), _activation((64, 256, 56, 56), True),
@@ -208,7 +208,7 @@ def _time_calls(fn: Callable[[], object], device: torch.device, calls: int) -> f
 
 
 def _calls_per_sample(fns: tuple[Callable[[], object], ...], device: torch.device) -> int:
-    """1 on the CPU; on CUDA enough calls that the slowest-to-fill sample lasts CUDA_SAMPLE_S (at most 1000)."""
+    """1 on the CPU; on CUDA enough calls that a sample of the faster function lasts CUDA_SAMPLE_S (<= 1000)."""
     if device.type != "cuda":
         return 1
     once = min(_time_calls(fn, device, 1) for fn in fns)

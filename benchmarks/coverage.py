@@ -1,6 +1,10 @@
-"""Zoo coverage: which torchvision classification models prune correctly, with pybench and with Torch-Pruning.
+"""Zoo coverage: which models prune correctly, with pybench and with Torch-Pruning.
 
-    python benchmarks/coverage.py [--size 224] [--ratio 0.5] [--timeout 300] [--models resnet18 vgg11 ...]
+    python benchmarks/coverage.py [--zoo torchvision|timm] [--size 224] [--ratio 0.5] [--timeout 300]
+                                  [--models resnet18 timm:mixnet_s ...]
+
+``--zoo torchvision`` (default): every torchvision classification model. ``--zoo timm``: one or two models of each
+of 60 timm CNN families (TIMM_MODELS, random init; timm is the ``[timm]`` extra), named ``timm:NAME``.
 
 Each (model, tool) runs in its own subprocess (Torch-Pruning can hang in graph build; a timeout is an error).
 - pybench "ok": trace + l1 + plan + apply at ``--ratio``; the pruned model runs, keeps the output shape, has fewer
@@ -8,7 +12,9 @@ Each (model, tool) runs in its own subprocess (Torch-Pruning can hang in graph b
 - Torch-Pruning "ok": MagnitudePruner (L1) at ``--ratio`` with the classifier ignored (the last Linear, else the
   last conv); the model runs, keeps the output shape and has fewer parameters (it has no masked oracle:
   shape-checked only).
-Prints a table of model families x ok / error for both tools, then every error.
+Both must also remove at least ``--min-macs-removed`` (default 20 %) of the MACs: a "pruned" model that kept
+almost everything counts as a failure. Prints a table of model families x ok / error for both tools, the parameters
+each removes where both pass, then every error.
 """
 
 from __future__ import annotations
@@ -27,14 +33,30 @@ FAMILIES = ["wide_resnet", "resnext", "resnet", "vgg", "mobilenet_v2", "mobilene
             "vit", "swin_v2", "swin", "maxvit", "alexnet", "googlenet", "inception"]
 
 
+TIMM_MODELS = [
+    "resnet18", "resnet26d", "resnetv2_50", "resnext26ts", "seresnext26d_32x4d", "resnest14d", "res2net50_14w_8s",
+    "res2next50", "regnetx_002", "regnety_002", "regnetz_b16", "efficientnet_b0", "efficientnetv2_rw_t",
+    "tf_efficientnet_lite0", "mobilenetv2_050", "mobilenetv3_small_050", "mobilenetv4_conv_small", "mnasnet_050",
+    "fbnetc_100", "spnasnet_100", "lcnet_050", "hardcorenas_a", "ghostnet_050", "ghostnetv2_100", "densenet121",
+    "dla34", "dpn68", "cspresnet50", "cspdarknet53", "darknet17", "ese_vovnet19b_dw", "hrnet_w18_small",
+    "inception_v3", "xception41", "repvgg_a0", "gernet_s", "rexnet_100", "mixnet_s", "tinynet_a", "selecsls42b",
+    "nf_resnet26", "convnext_atto", "convnextv2_atto", "vgg11", "mobileone_s0", "repghostnet_050", "hgnet_tiny",
+    "hgnetv2_b0", "cs3darknet_s", "skresnet18", "legacy_seresnet18", "ecaresnet26t", "gcresnet33ts",
+    "mobilenetv1_100", "starnet_s1", "inception_next_atto", "fastvit_t8", "efficientformer_l1", "levit_128",
+    "tresnet_m"]
+TIMM = "timm:"
+
+
 def family(name: str) -> str:
+    if name.startswith(TIMM):  # TIMM_MODELS holds one model per family: the model is its family's row
+        return name
     return next((f for f in FAMILIES if name.startswith(f)), re.sub(r"[\d_]+.*$", "", name))
 
 
 def _input(name: str, size: int):
     import torch
 
-    if name == "inception_v3":
+    if name in ("inception_v3", "timm:inception_v3"):
         size = max(size, 299 if size >= 224 else 96)
     if name.startswith("maxvit"):
         size = 224  # its partitions need 224-style sizes
@@ -44,6 +66,10 @@ def _input(name: str, size: int):
 def _model(name: str, size: int):
     import torchvision
 
+    if name.startswith(TIMM):
+        import timm
+
+        return timm.create_model(name[len(TIMM):], pretrained=False).eval()
     kw = {}
     if name.startswith("vit_"):
         kw["image_size"] = size
@@ -67,7 +93,16 @@ def _calibrate(model, x):
     return model.eval()
 
 
-def worker(name: str, tool: str, size: int, ratio: float) -> dict:
+def _macs(model, x) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def worker(name: str, tool: str, size: int, ratio: float, min_macs_removed: float) -> dict:
     import warnings
 
     import torch
@@ -79,7 +114,7 @@ def worker(name: str, tool: str, size: int, ratio: float) -> dict:
     model = _calibrate(_model(name, size), x)
     with torch.no_grad():
         ref = model(x)
-    before = sum(p.numel() for p in model.parameters())
+    before, macs_before = sum(p.numel() for p in model.parameters()), _macs(model, x)
     t = time.perf_counter()
     if tool == "pybench":
         import pybench as pb
@@ -109,11 +144,17 @@ def worker(name: str, tool: str, size: int, ratio: float) -> dict:
         raise AssertionError(f"output shape {tuple(out.shape)} != {tuple(ref.shape)}")
     if after >= before:
         raise AssertionError(f"parameters did not fall ({before} -> {after})")
-    return {"params_before": before, "params_after": after, "seconds": round(seconds, 3)}
+    macs_after = _macs(pruned, x)
+    if macs_after > (1 - min_macs_removed) * macs_before:
+        raise AssertionError(f"removed only {1 - macs_after / macs_before:.1%} of the MACs "
+                             f"(< {min_macs_removed:.0%}): most channels stayed")
+    return {"params_before": before, "params_after": after, "macs_before": macs_before, "macs_after": macs_after,
+            "seconds": round(seconds, 3)}
 
 
-def run_one(name: str, tool: str, size: int, ratio: float, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, tool, "--size", str(size), "--ratio", str(ratio)]
+def run_one(name: str, tool: str, size: int, ratio: float, timeout: float, min_macs_removed: float = 0.2) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, tool, "--size", str(size), "--ratio", str(ratio),
+           "--min-macs-removed", str(min_macs_removed)]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                              cwd=str(Path(__file__).resolve().parents[1]))
@@ -132,14 +173,18 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224, help="input height / width (default 224; 299 for inception)")
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--timeout", type=float, default=300, help="seconds per model and tool")
-    ap.add_argument("--models", nargs="*", help="default: all torchvision classification models")
+    ap.add_argument("--zoo", choices=["torchvision", "timm"], default="torchvision",
+                    help="the default model list: torchvision's classification models, or TIMM_MODELS")
+    ap.add_argument("--models", nargs="*", help="default: the --zoo list (timm models as timm:NAME)")
+    ap.add_argument("--min-macs-removed", type=float, default=0.2,
+                    help="a pruned model must have lost at least this fraction of its MACs (default 0.2)")
     ap.add_argument("--tools", nargs="*", default=["pybench", "torch_pruning"])
     ap.add_argument("--json", help="also write every result to this JSON Lines file")
     ap.add_argument("--from-json", nargs="+", metavar="FILE",
                     help="print the table of earlier --json files (e.g. of runs split by --models) instead of running")
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.size, args.ratio)))
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.size, args.ratio, args.min_macs_removed)))
         return
     if args.from_json:
         rows = [json.loads(ln) for f in args.from_json for ln in Path(f).read_text().splitlines() if ln.strip()]
@@ -147,11 +192,12 @@ def main() -> None:
         return
     import torchvision
 
-    names = args.models or sorted(torchvision.models.list_models(module=torchvision.models))
+    names = args.models or ([TIMM + n for n in TIMM_MODELS] if args.zoo == "timm" else
+                            sorted(torchvision.models.list_models(module=torchvision.models)))
     rows = []
     for name in names:
         for tool in args.tools:
-            r = run_one(name, tool, args.size, args.ratio, args.timeout)
+            r = run_one(name, tool, args.size, args.ratio, args.timeout, args.min_macs_removed)
             rows.append(r)
             status = "ok" if r["ok"] else f"ERROR {r['error']}"
             print(f"{name:24s} {tool:14s} {status}", file=sys.stderr, flush=True)
@@ -173,6 +219,13 @@ def report(rows: Iterable[dict]) -> None:
     total = df.groupby("tool")["ok"].agg(lambda s: f"{int(s.sum())}/{len(s)}")
     table.loc["TOTAL"] = total
     print(tabulate(table.reset_index(), headers="keys", tablefmt="github", showindex=False))
+    if "params_after" in df and df["tool"].nunique() > 1:  # where every tool passes: the parameters each removed
+        ok = df[df["ok"]].assign(removed=lambda d: 1 - d["params_after"] / d["params_before"])
+        both = ok.pivot_table(index="model", columns="tool", values="removed").dropna()
+        if len(both):
+            print("\nParameters removed where both pass:")
+            print(tabulate([[m, *(f"{v:.1%}" for v in r)] for m, r in both.iterrows()],
+                           headers=["model", *both.columns], tablefmt="github"))
     errors = df[~df["ok"]]
     if len(errors):
         print("\nErrors:")

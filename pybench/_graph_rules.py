@@ -34,7 +34,7 @@ Rule = Callable[..., Any]
 class TraceContext:
     """Mutable state of one trace: id spaces, slots, unions, pins, blocks."""
 
-    def __init__(self) -> None:
+    def __init__(self, modules: dict[str, nn.Module] | None = None) -> None:
         self.n_ids = 0
         self.spaces: list[tuple[str, int, int]] = []  # (owner, first id, size)
         self._space_of: dict[str, np.ndarray] = {}
@@ -49,6 +49,8 @@ class TraceContext:
         # where python ints came from: size()/shape node -> per-axis ids; int node -> ("direct" | "derived", ids)
         self.prov: dict[Any, Any] = {}
         self.node: Any = None  # the fx node a rule is looking at
+        self.modules = modules or {}  # the traced model's modules by name (functional rules find their owners)
+        self.consumed: set[tuple] = set()  # ("param", name, dim) slots that read channels (mask zeroes them)
 
     def space(self, owner: str, size: int) -> np.ndarray:
         """The ids of ``owner``'s output channels (the same ids on every call of a shared module)."""

@@ -120,6 +120,7 @@ class ChannelGraph:
         self.fingerprint = fingerprint
         self.module_types = {name: type(m).__name__ for name, m in modules.items()}
         self.reducers = dict(ctx.reducers)
+        self.consumed = set(ctx.consumed)  # parameter dims that read channels (a functional conv's weight dim 1)
         self.notes = strict_notes
         self.slots: dict[tuple, np.ndarray] = {}
         self._slot_ids = ctx.slots
@@ -302,7 +303,7 @@ def _trace(model: nn.Module, inputs: tuple, strict: bool, tracer: str = "eager")
     """``tracer``: "eager" (runs forward on stand-ins, :mod:`pybench._graph_eager`) or "fx" (a symbolic trace,
     then a walk of its graph); both feed the same rules and give the same graph."""
     modules = dict(model.named_modules())
-    ctx = rules.TraceContext()
+    ctx = rules.TraceContext(modules)
     notes: list[str] = []
     if tracer == "fx":
         graph = fx_graph(model)
@@ -312,7 +313,7 @@ def _trace(model: nn.Module, inputs: tuple, strict: bool, tracer: str = "eager")
     else:
         ops = eager_trace(model, inputs, ctx, modules, strict, notes)
         if model.training:
-            _check_training_mode(model, ops, lambda: eager_trace(model, inputs, rules.TraceContext(), modules,
+            _check_training_mode(model, ops, lambda: eager_trace(model, inputs, rules.TraceContext(modules), modules,
                                                                  strict, []))
     # a parameter read by an op no rule understands cannot be sliced
     for key, ids in ctx.slots.items() if ctx.frozen else ():

@@ -1,11 +1,11 @@
 """``mask(model, plan)``: a same-shape copy of ``model`` that computes exactly what ``apply(model, plan)`` computes.
 
 "Zeroed where consumed": a removed channel may still be computed (its filter, BN, bias and residual additions stay),
-but every layer that reads channels -- a conv's or linear's input columns -- ignores it (zero weights), so nothing
-it holds reaches a kept output. Layers that normalise *across* channels (LayerNorm over C, GroupNorm) would still
-see it; they are switched to a masked variant of their own class that normalises over the kept channels only and
-outputs 0 for the removed ones. Channels the graph pins (model outputs, unknown ops) are never removed, so no
-other consumer exists. The result is the oracle for :func:`pybench.apply`.
+but every layer that reads channels -- a conv's or linear's input columns, a functional conv's weight dim 1 --
+ignores it (zero weights), so nothing it holds reaches a kept output. Layers that normalise *across* channels
+(LayerNorm over C, GroupNorm) would still see it; they are switched to a masked variant of their own class that
+normalises over the kept channels only and outputs 0 for the removed ones. Channels the graph pins (model outputs,
+unknown ops) are never removed, so no other consumer exists. The result is the oracle for :func:`pybench.apply`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,19 @@ def _zero_inputs(m: nn.Module, keep: torch.Tensor) -> None:
     for i in torch.nonzero(drop).flatten().tolist():
         b = i // per_in
         w.data[b * per_out:(b + 1) * per_out, i - b * per_in] = 0
+
+
+def _tensor(model: nn.Module, name: str) -> torch.Tensor:
+    owner, _, attr = name.rpartition(".")
+    m = model.get_submodule(owner)
+    return m._parameters[attr] if attr in m._parameters else m._buffers[attr]
+
+
+def _zero_dim(t: torch.Tensor, dim: int, keep: torch.Tensor) -> None:
+    """Zero the indices of ``t`` along ``dim`` that are not in ``keep``."""
+    drop = torch.ones(t.shape[dim], dtype=torch.bool)
+    drop[keep] = False
+    t.data.index_fill_(dim, torch.nonzero(drop).flatten().to(t.device), 0)
 
 
 def _masked_forward(kind: str) -> Callable:
@@ -90,6 +103,8 @@ def mask(model: nn.Module, plan: PrunePlan) -> nn.Module:
     with torch.no_grad():
         for (kind, name, role), keep in slot_keep(plan).items():
             if kind != "module":
+                if (kind, name, role) in plan.graph.consumed:  # a functional conv's / linear's input columns
+                    _zero_dim(_tensor(masked, name), int(role), keep)
                 continue
             m = masked.get_submodule(name)
             if role == "in":

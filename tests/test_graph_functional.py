@@ -1,0 +1,197 @@
+"""Layers called in their functional form from a module's own forward (timm's BatchNormAct2d, Conv2dSame, plain
+parameters passed to F.conv2d / F.linear / F.batch_norm): traced through, pruned, pruned == masked, and the layers'
+attributes tell the truth afterwards. Both tracers give the same graph."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from _engine_util import assert_apply_equals_mask
+
+import pybench as pb
+
+
+class BNAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d in short: a BatchNorm2d whose forward calls F.batch_norm, then an activation."""
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, self.eps)
+        return F.relu(x)
+
+
+class ConvSame(nn.Conv2d):
+    """timm's Conv2dSame in short: pad, then F.conv2d with the conv's own weight."""
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class GNSub(nn.GroupNorm):
+    def forward(self, x):
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class PlainLayers(nn.Module):
+    """Weights as bare parameters and buffers, used through the functional forms."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.2)
+        self.b = nn.Parameter(torch.randn(cout) * 0.1)
+        self.gamma = nn.Parameter(torch.rand(cout) + 0.5)
+        self.beta = nn.Parameter(torch.randn(cout) * 0.1)
+        self.register_buffer("mean", torch.randn(cout) * 0.1)
+        self.register_buffer("var", torch.rand(cout) + 0.5)
+
+    def forward(self, x):
+        x = F.conv2d(x, self.w, self.b, 1, 1)
+        return F.relu(F.batch_norm(x, self.mean, self.var, self.gamma, self.beta, False, 0.1, 1e-5))
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = ConvSame(3, 16, 3, bias=False)
+        self.bn1 = BNAct(16)
+        self.plain = PlainLayers(16, 24)
+        self.conv = nn.Conv2d(24, 32, 1)
+        self.gn = GNSub(4, 32)
+        self.fc_w = nn.Parameter(torch.randn(20, 32) * 0.2)
+        self.fc_b = nn.Parameter(torch.randn(20) * 0.1)
+        self.head = nn.Linear(20, 5)
+
+    def forward(self, x):
+        x = self.plain(self.bn1(self.stem(x)))
+        x = F.relu(self.gn(self.conv(x)))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.head(F.relu(F.linear(x, self.fc_w, self.fc_b)))
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    m = Net().eval()
+    for bn in (m.bn1,):
+        bn.running_mean.normal_(0, 0.1)
+        bn.running_var.uniform_(0.5, 1.5)
+    return m, torch.randn(2, 3, 12, 12)
+
+
+def test_functional_layers_are_traced_through_and_pruned(net):
+    m, x = net
+    g = pb.trace(m, x)
+    assert g.pinned == ["model output"], g.pinned
+    assert sorted(g.size for g in g.groups) == [16, 20, 24, 32]
+    p = pb.plan(g, pb.score(m, g, "l1"), ratio=0.5)
+    pruned, _, out = assert_apply_equals_mask(m, p, x)
+    assert out.shape == (2, 5)
+    # the torch.nn layers called functionally keep their attributes true; the bare parameters are sliced
+    assert (pruned.stem.out_channels, pruned.stem.weight.shape[0]) == (8, 8)
+    assert (pruned.bn1.num_features, pruned.bn1.running_mean.shape) == (8, (8,))
+    assert pruned.plain.w.shape == (12, 8, 3, 3) and pruned.plain.b.shape == (12,)
+    assert all(t.shape == (12,) for t in (pruned.plain.gamma, pruned.plain.beta, pruned.plain.mean, pruned.plain.var))
+    assert pruned.conv.weight.shape == (16, 12, 1, 1) and pruned.gn.num_channels == 16 and pruned.gn.num_groups == 4
+    assert pruned.fc_w.shape == (10, 16) and pruned.fc_b.shape == (10,) and pruned.head.in_features == 10
+    assert isinstance(pruned.fc_w, nn.Parameter) and pruned.fc_w.requires_grad
+
+
+def test_both_tracers_give_the_same_graph(net):
+    m, x = net
+    a, b = pb.trace(m, x), pb.trace(m, x, tracer="fx")
+    assert a.slots.keys() == b.slots.keys()
+    assert [g.size for g in a.groups] == [g.size for g in b.groups] and a.pinned == b.pinned
+    assert a.consumed == b.consumed == {("param", "plain.w", 1), ("param", "fc_w", 1)}
+
+
+def test_mask_zeroes_the_input_columns_of_a_functional_consumer(net):
+    m, x = net
+    g = pb.trace(m, x)
+    p = pb.plan(g, pb.score(m, g, "l1"), ratio=0.5)
+    masked = pb.mask(m, p)
+    dropped = (masked.plain.w.abs().sum(dim=(0, 2, 3)) == 0).sum().item()
+    assert dropped == 8 and (m.plain.w.abs().sum(dim=(0, 2, 3)) > 0).all()
+    assert (masked.fc_w.abs().sum(dim=0) == 0).sum().item() == 16
+
+
+class StdConv(nn.Conv2d):
+    """Weight standardisation (timm's StdConv2d): the conv's weight is computed in forward."""
+
+    def forward(self, x):
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0,
+                         eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_a_computed_weight_keeps_its_channels_and_says_why():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), StdConv(8, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 1)).eval()
+    x = torch.randn(1, 3, 10, 10)
+    g = pb.trace(m, x)
+    assert [grp.size for grp in g.groups] == []
+    assert any("computed in forward" in r for r in g.pinned), g.pinned
+
+
+def test_functional_norms_across_channels_outside_their_module_are_kept():
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.g = nn.Parameter(torch.ones(8))
+
+        def forward(self, x):
+            y = self.conv(x)
+            return F.group_norm(y, 2, self.g), F.layer_norm(y, y.shape[2:]), F.layer_norm(y.movedim(1, -1), (8,))
+
+    g = pb.trace(Odd().eval(), torch.randn(1, 3, 6, 6))
+    assert g.groups == [] and any("group_norm across channels" in r for r in g.pinned)
+
+
+def test_layer_norm_over_spatial_axes_passes_channels():
+    class Spatial(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(F.layer_norm(y, y.shape[2:]))
+
+    m, x = Spatial().eval(), torch.randn(2, 3, 6, 6)
+    g = pb.trace(m, x)
+    assert [grp.size for grp in g.groups] == [8]
+    assert_apply_equals_mask(m, pb.plan(g, pb.score(m, g, "l1"), ratio=0.5), x)
+
+
+def test_a_computed_per_channel_argument_is_kept():
+    class Computed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.out = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+            self.scale = nn.Parameter(torch.ones(8))
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.out(F.batch_norm(y, None, None, self.scale * 2, None, True))
+
+    g = pb.trace(Computed().eval(), torch.randn(2, 3, 6, 6))
+    assert g.groups == [] and any("computed tensor" in r for r in g.pinned), g.pinned
+
+
+TIMM = ["efficientnet_b0", "mobilenetv3_small_100", "regnety_002", "resnetv2_50", "densenet121", "cspresnet50",
+        "dla34", "ghostnet_100", "repvgg_a0", "lcnet_050"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TIMM)
+def test_timm_models_prune_through_their_functional_layers(name):
+    timm = pytest.importorskip("timm", reason="timm is the [timm] extra")
+    torch.manual_seed(0)
+    m = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    before = sum(p.numel() for p in m.parameters())
+    g = pb.trace(m, x)
+    assert not any("batch_norm: no channel rule" in r for r in g.pinned), g.pinned
+    pruned, _, out = assert_apply_equals_mask(m, pb.plan(g, pb.score(m, g, "l1"), ratio=0.5), x)
+    assert out.shape == (2, 10)
+    assert sum(p.numel() for p in pruned.parameters()) < 0.6 * before  # about half the channels: ~1/4 the weights

@@ -32,6 +32,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "apply": ("pybench.surgery", "apply"),
     "mask": ("pybench.masking", "mask"),
     "prune": ("pybench.pipeline", "prune"),
+    "PinnedChannelsWarning": ("pybench.pipeline", "PinnedChannelsWarning"),
     "save": ("pybench.serialize", "save"),
     "load": ("pybench.serialize", "load"),
 }

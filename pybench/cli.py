@@ -189,7 +189,7 @@ def _model(args: argparse.Namespace) -> tuple[object, str | None]:
     if args.model not in zoo.names():
         raise UsageError(f"model {args.model!r}: neither a file nor a zoo name (`pybench zoo` lists them)")
     try:
-        return zoo.create(args.model, num_classes=args.num_classes, weights=args.weights), args.model
+        return zoo.create(args.model, num_classes=args.num_classes, weights=args.weights).eval(), args.model
     except (ValueError, FileNotFoundError, TypeError) as e:
         raise UsageError(str(e)) from None
 
@@ -213,6 +213,13 @@ def _prune(args: argparse.Namespace) -> int:
     before, after = measure.flops(model, x), measure.flops(pruned, x)
     print(f"params {before.params:,} -> {after.params:,} ({after.params / before.params:.1%} kept); "
           f"MACs {before.total_macs:,} -> {after.total_macs:,} ({after.total_macs / before.total_macs:.1%} kept)")
+    from pybench.worker import pins_of
+
+    pins = pins_of(model, cfg)
+    print(f"pinned: {pins['pinned']:,} of {pins['channels']:,} channels cannot be pruned"
+          + (":" if pins["reasons"] else ""))
+    for reason, n in pins["reasons"]:
+        print(f"  {n:>7,}  {reason}")
     if args.output:
         try:
             from pybench import serialize

@@ -139,15 +139,18 @@ class ChannelGraph:
             ncomp, labels = n, np.arange(n, dtype=np.int64)
         labels = labels.astype(np.int64)
         pinned = np.zeros(ncomp, dtype=bool)
-        self.pin_reasons: dict[int, str] = {}
-        for ids, reason in ctx.pins:
-            comps = labels[ids]
-            fresh = comps[~pinned[comps]]
+        unit_reason = np.full(ncomp, -1, dtype=np.int64)  # per unit: the first reason that pinned it
+
+        def pin(comps: np.ndarray, reason: str) -> None:
+            fresh = comps[unit_reason[comps] < 0]
             if fresh.size:
-                self.pin_reasons.setdefault(int(fresh[0]), reason)
                 if reason not in reasons:
                     reasons.append(reason)
+                unit_reason[fresh] = reasons.index(reason)
             pinned[comps] = True
+
+        for ids, reason in ctx.pins:
+            pin(labels[ids], reason)
         # groups: units connected through the spaces (producers' outputs) they live in
         sizes = np.array([s for _, _, s in ctx.spaces], dtype=np.int64)
         space_of = np.repeat(np.arange(len(sizes)), sizes)
@@ -157,10 +160,10 @@ class ChannelGraph:
         # equal-partition constraints (grouped convs, GroupNorm, chunk): per group, the cells that every
         # constraint's parts are unions of; equal removal per cell keeps every part equal
         per_group: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-        for ids, parts, _reason in ctx.blocks:
+        for ids, parts, block_reason in ctx.blocks:
             comps = labels[ids]
             if pinned[comps].any():
-                pinned[comps] = True
+                pin(comps, f"shares an equal-partition constraint ({block_reason}) with kept channels")
                 continue
             rows = np.repeat(np.arange(parts), comps.size // parts)
             per_group.setdefault(int(glabel[comps[0]]), []).append((comps, rows))
@@ -188,9 +191,8 @@ class ChannelGraph:
                 counts = np.bincount(cell)
                 ok = bool((counts == counts[0]).all())
             if not ok:
-                pinned[glabel == g] = True
-                reasons.append("channels with equal-partition "
-                               "constraints (grouped convs, GroupNorm, chunk) that cannot all hold")
+                pin(np.flatnonzero(glabel == g), "channels with equal-partition constraints (grouped convs, "
+                    "GroupNorm, chunk) that cannot all hold")
                 continue
             cells_of_group[g] = (comps, cell)
         self.labels = labels
@@ -219,20 +221,19 @@ class ChannelGraph:
                 ccomps, cell = cells_of_group[g]
                 pos = np.searchsorted(ccomps, comps)
                 covered = (pos < ccomps.size) & (ccomps[np.minimum(pos, ccomps.size - 1)] == comps)
-                if not covered.all():
-                    pinned[comps] = True  # a unit outside the partition: keep the group whole
-                    reasons.append(f"group of {comps.size} channels: partitions do not cover it")
+                if not covered.all():  # a unit outside the partition: keep the group whole
+                    pin(comps, f"group of {comps.size} channels: partitions do not cover it")
                     continue
                 _, bo = np.unique(cell[pos], return_inverse=True)
                 parts = int(bo.max()) + 1
                 if (np.bincount(bo) != comps.size // parts).any():
-                    pinned[comps] = True
-                    reasons.append(f"group of {comps.size} channels: partitions of unequal size")
+                    pin(comps, f"group of {comps.size} channels: partitions of unequal size")
                     continue
             self.unit_group[comps] = gi
             self.unit_index[comps] = np.arange(comps.size)
             self.groups.append(Group(gi, int(comps.size), comps, self, parts, bo))
         self.pinned = reasons
+        self.unit_reason = unit_reason
         # per slot: unit label of each index (-1: untracked), all slots in one pass
         if self._slot_ids:
             ids = np.concatenate(list(self._slot_ids.values()))
@@ -251,6 +252,17 @@ class ChannelGraph:
     def __repr__(self) -> str:
         return (f"ChannelGraph({len(self.groups)} groups, {sum(g.size for g in self.groups)} prunable channels, "
                 f"{len(self.pinned)} pin reasons)")
+
+    def pinned_channels(self) -> list[tuple[str, int]]:
+        """(reason, channels it keeps) for every pin reason, the most channels first: why the model cannot shrink
+        more. A channel counts under the first reason that pinned it."""
+        counts = np.bincount(self.unit_reason[self.unit_reason >= 0], minlength=len(self.pinned))
+        return sorted(((r, int(c)) for r, c in zip(self.pinned, counts, strict=True)), key=lambda rc: -rc[1])
+
+    @property
+    def n_channels(self) -> int:
+        """Channel units the trace tracked (prunable or pinned)."""
+        return int(self.n_units)
 
     def group_of(self, module: str, role: str = "out") -> Group | None:
         """The group holding ``module``'s ``role`` channels (None when they are pinned or absent)."""

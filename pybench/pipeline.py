@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,7 +13,32 @@ from pybench.graph import trace
 from pybench.planning import PrunePlan, plan
 from pybench.surgery import apply
 
-__all__ = ["prune"]
+__all__ = ["PinnedChannelsWarning", "pin_summary", "prune", "warn_if_mostly_pinned"]
+
+_OUTPUT = "model output"  # the classifier's outputs: pinned in every model, not a reason to warn
+
+
+class PinnedChannelsWarning(UserWarning):
+    """More than half of a model's channels cannot be pruned; the message says why."""
+
+
+def pin_summary(graph: Any, top: int = 5) -> dict[str, Any]:
+    """What keeps a model from shrinking: ``channels`` (tracked, the model's outputs left out), ``pinned`` (of
+    those, kept by pins) and ``reasons`` ([reason, channels] of the ``top`` biggest pins)."""
+    pins = graph.pinned_channels()
+    rest = [(r, n) for r, n in pins if r != _OUTPUT]
+    outputs = sum(n for r, n in pins if r == _OUTPUT)
+    return {"channels": graph.n_channels - outputs, "pinned": sum(n for _, n in rest),
+            "reasons": [[r, n] for r, n in rest[:top] if n]}
+
+
+def warn_if_mostly_pinned(graph: Any, model_name: str = "model") -> None:
+    """Warn when pins other than the model's outputs keep more than half of the channels the trace tracked."""
+    s = pin_summary(graph, top=3)
+    if s["channels"] and s["pinned"] > s["channels"] / 2:
+        top = "; ".join(f"{n} by {r}" for r, n in s["reasons"])
+        warnings.warn(f"{model_name}: {s['pinned']} of its {s['channels']} channels cannot be pruned ({top}); "
+                      "plan.pinned lists every reason", PinnedChannelsWarning, stacklevel=3)
 
 
 def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, criterion: str = "l1", scope: str = "local",
@@ -21,9 +47,11 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, criterion: 
     """Prune ``model`` at ``ratio`` by ``criterion``; returns ``(pruned copy, plan)``. ``model`` is untouched.
 
     See :func:`pybench.trace`, :func:`pybench.score`, :func:`pybench.plan` and :func:`pybench.apply` for the
-    arguments; ``data`` feeds data-driven criteria.
+    arguments; ``data`` feeds data-driven criteria. Warns (:class:`PinnedChannelsWarning`) when pins keep more
+    than half of the model's channels; ``plan.pinned`` lists why each channel stays.
     """
     graph = trace(model, example_inputs)
+    warn_if_mostly_pinned(graph, type(model).__name__)
     scores = score(model, graph, criterion, data=data, **criterion_kw)
     p = plan(graph, scores, ratio=ratio, scope=scope, round_to=round_to, min_channels=min_channels, ignore=ignore)
     return apply(model, p), p

@@ -57,6 +57,11 @@ class PrunePlan:
             removed[g.comps[mask]] = True
         return removed
 
+    @property
+    def pinned(self) -> list[tuple[str, int]]:
+        """(reason, channels) the graph keeps whatever the plan: each pin reason names the module and operation."""
+        return self.graph.pinned_channels()
+
     def kept_counts(self) -> dict[Group, int]:
         return {g: int(k.numel()) for g, k in self.keep.items()}
 

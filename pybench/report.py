@@ -99,6 +99,9 @@ def _tables(df: Any, tablefmt: str) -> list[tuple[str, str]]:
                                             "speedup", "noise", "MACs speedup", "memory saved", "MACs removed",
                                             "params removed", "top-1 %", "top-1 change (pts)"], tablefmt=tablefmt,
                              disable_numparse=True)))
+    pins = _pins_table(ok, tablefmt)
+    if pins:
+        out.append(("Channels no plan can remove (pins other than the model's outputs)", pins))
     failed = df[df["status"] != "ok"]
     if len(failed):
         rows = []
@@ -111,6 +114,27 @@ def _tables(df: Any, tablefmt: str) -> list[tuple[str, str]]:
                          tablefmt=tablefmt, disable_numparse=True)
         out.append((f"Failed cells ({len(failed)})", table))
     return out
+
+
+def _pins_table(ok: Any, tablefmt: str) -> str | None:
+    """Per model: the channels its pins keep, and the biggest reason (records' achieved.pins)."""
+    from tabulate import tabulate
+
+    if "pins" not in ok.columns:
+        return None
+    rows = []
+    for model, g in ok.groupby("model", sort=True):
+        pins = next((p for p in g["pins"] if isinstance(p, dict)), None)
+        if pins is None:
+            continue
+        top = pins["reasons"][0] if pins.get("reasons") else ["", 0]
+        share = pins["pinned"] / pins["channels"] if pins.get("channels") else 0.0
+        rows.append([model, f"{pins['pinned']:,}", f"{pins['channels']:,}", _fmt(share, "pct"),
+                     f"{top[1]:,} by {top[0]}"[:200] if top[1] else ""])
+    if not rows:
+        return None
+    return tabulate(rows, headers=["model", "pinned", "channels", "share", "biggest reason"], tablefmt=tablefmt,
+                    disable_numparse=True)
 
 
 def _runs_table(df: Any, tablefmt: str) -> str:

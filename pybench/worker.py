@@ -161,6 +161,17 @@ def prune_model(dense: Any, cfg: dict[str, Any], loaders: Any) -> Any:
     return out[0] if isinstance(out, tuple) else out
 
 
+def pins_of(dense: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """:func:`pybench.pipeline.pin_summary` of the dense model's graph: which channels no plan can remove, why."""
+    import warnings
+
+    from pybench import graph, pipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a training-mode warning here repeats what pruning said
+        return pipeline.pin_summary(graph.trace(dense, example_input(cfg)))
+
+
 def _ft_procs(cfg: dict[str, Any]) -> tuple[int, str]:
     """(processes, backend) that fine-tune the cell's pruned model: ``[run] fine_tune_processes`` and
     ``fine_tune_backend`` ("" = gloo: the runner trains on the CPU; "nccl": one GPU per process). Records written
@@ -262,6 +273,7 @@ def _pruned(ctx: _Context, cfg: dict[str, Any], group_id: str) -> tuple[Any, Any
             with contextlib.suppress(Exception):  # a model that does not pickle is simply not cached
                 _atomic_write(path, _state_bytes(model))
                 _atomic_write(made, json.dumps(how).encode())
+        info["pins"] = pins_of(dense, cfg)
         model.eval()
     fl = measure.flops(model, example_input(cfg))
     info.update(params=fl.params, macs=fl.total_macs, params_kept=fl.params / dinfo["params"],

@@ -195,3 +195,27 @@ def test_timm_models_prune_through_their_functional_layers(name):
     pruned, _, out = assert_apply_equals_mask(m, pb.plan(g, pb.score(m, g, "l1"), ratio=0.5), x)
     assert out.shape == (2, 10)
     assert sum(p.numel() for p in pruned.parameters()) < 0.6 * before  # about half the channels: ~1/4 the weights
+
+
+def test_pins_are_counted_listed_and_warned_about():
+    import warnings
+
+    from pybench.pipeline import PinnedChannelsWarning, pin_summary
+
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), StdConv(8, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 1)).eval()
+    x = torch.randn(1, 3, 10, 10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, plan = pb.prune(m, x, ratio=0.5)
+    pinned = dict(plan.pinned)
+    assert pinned["model output"] == 4
+    # the reason names the module ("2") and the operation; it keeps the channels it reads and those it makes
+    assert pinned["2: conv2d: convolution with a weight or bias computed in forward (no parameter to slice)"] == 24
+    summary = pin_summary(plan.graph)
+    assert (summary["channels"], summary["pinned"]) == (24, 24)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, PinnedChannelsWarning)]
+    assert len(msgs) == 1 and "24 of its 24 channels cannot be pruned" in msgs[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PinnedChannelsWarning)  # a model that prunes fine: no warning
+        _, plan = pb.prune(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(), x)
+    assert pin_summary(plan.graph) == {"channels": 8, "pinned": 0, "reasons": []}

@@ -75,3 +75,17 @@ def test_high_noise_is_flagged(tmp_path):
     assert report.analyse(df)["speedup_noise"].tolist() == [0.5]
     quiet = R.load(tmp_path / "noisy").assign(latency_noise=0.02)
     assert "Latency noise is high" not in report.markdown(quiet)
+
+
+def test_pins_table_names_the_biggest_reason(tmp_path):
+    st = R.Store(tmp_path / "run")
+    st.append(rec("d1", 0, 1, 10.0, 1000, 100, 4096, 0.90))
+    pruned = rec("p1", 0.5, 1, 4.0, 250, 30, 1024, 0.85)
+    pruned["achieved"]["pins"] = {"channels": 200, "pinned": 150,
+                                  "reasons": [["blocks.0: Tensor.norm: no channel rule", 100], ["x: split", 50]]}
+    st.append(pruned)
+    md = report.write(tmp_path / "run", out_dir=tmp_path / "rep")[0].read_text()
+    assert "## Channels no plan can remove" in md
+    section = md.split("## Channels no plan can remove")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| m "))
+    assert "| 150 " in row and "| 200 " in row and "75.0%" in row and "100 by blocks.0: Tensor.norm" in row

@@ -52,6 +52,8 @@ def test_records_hold_config_achieved_metrics_environment(done_run):
         # xor_mlp: Linear(2, 8) -> ReLU -> Linear(8, 2) = 42 params, 32 MACs; at 0.5 the hidden layer keeps 4
         assert (a["dense_params"], a["dense_macs"]) == (42, 32)
         assert (a["params"], a["macs"]) == ((42, 32) if c["level"] == 0 else (22, 16))
+        if c["level"] > 0:  # the hidden layer's 8 channels, none pinned (the 2 outputs are not counted)
+            assert a["pins"] == {"channels": 8, "pinned": 0, "reasons": []}
         assert m["latency_p50_ms"] > 0 and m["throughput"] == pytest.approx(c["batch_size"] / m["latency_p50_ms"] * 1e3)
         assert m["latency_p50_ms"] == pytest.approx(sorted(r["details"]["latency_repeats_p50_ms"])[0], rel=1) or True
         assert len(r["details"]["latency_repeats_p50_ms"]) == 2 and m["latency_noise"] is not None

@@ -306,6 +306,21 @@ def reduce_fn(ctx, where, args, kwargs, ds, kds, out, params):
     return res
 
 
+def norm_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    """x.norm(p, dim, keepdim), torch.norm, torch.linalg.vector_norm(x, ord, dim, keepdim): a reduction over
+    ``dim`` (the order comes first)."""
+    x, d = args[0], ds[0]
+    if d is None:
+        return None
+    dim = _arg(args, kwargs, 2, "dim")
+    keepdim = bool(_arg(args, kwargs, 3, "keepdim", False))
+    axes = list(range(x.ndim)) if dim is None else [int(a) % x.ndim for a in (dim if isinstance(dim, (tuple, list))
+                                                                             else [dim])]
+    if not require_constant(ctx, d, axes, f"{where}: a norm over channels"):
+        return None
+    return d if keepdim else np.squeeze(d, axis=tuple(axes))
+
+
 def softmax_fn(ctx, where, args, kwargs, ds, kds, out, params):
     d = ds[0]
     if d is None:
@@ -518,6 +533,7 @@ FUNCTION_RULES.update({
     torch.cat: cat_fn, torch.concat: cat_fn, torch.stack: stack_fn,
     torch.split: split_fn, torch.chunk: split_fn, torch.tensor_split: split_fn, torch.unbind: split_fn,
     torch.mean: reduce_fn, torch.sum: reduce_fn, torch.amax: reduce_fn, torch.amin: reduce_fn,
+    torch.norm: norm_fn, torch.linalg.vector_norm: norm_fn,
     F.softmax: softmax_fn, F.log_softmax: softmax_fn, torch.softmax: softmax_fn,
     F.adaptive_avg_pool2d: spatial_fn, F.adaptive_max_pool2d: spatial_fn, F.avg_pool2d: spatial_fn,
     F.max_pool2d: spatial_fn, F.adaptive_avg_pool1d: spatial_fn, F.interpolate: spatial_fn,
@@ -543,6 +559,7 @@ METHOD_RULES.update({
     "div": binary_fn, "div_": binary_fn,
     "split": split_fn, "chunk": split_fn, "tensor_split": split_fn, "unbind": split_fn,
     "mean": reduce_fn, "sum": reduce_fn, "amax": reduce_fn, "amin": reduce_fn, "max": reduce_fn, "min": reduce_fn,
+    "norm": norm_fn,
     "softmax": softmax_fn, "log_softmax": softmax_fn,
     "size": no_tensor_fn, "dim": no_tensor_fn, "numel": no_tensor_fn,
 })

@@ -186,8 +186,13 @@ def _model(args: argparse.Namespace) -> tuple[object, str | None]:
             return serialize.load(p), None
         except ImportError:
             return torch.load(p, map_location="cpu", weights_only=False), None
-    if args.model not in zoo.names():
-        raise UsageError(f"model {args.model!r}: neither a file nor a zoo name (`pybench zoo` lists them)")
+    try:
+        known = zoo.known(args.model)
+    except zoo.MissingExtraError as e:
+        raise UsageError(str(e)) from None
+    if not known and not args.model.startswith(zoo.TIMM_PREFIX):  # an unknown timm name: create says which exist
+        raise UsageError(f"model {args.model!r}: neither a file nor a zoo name (`pybench zoo` lists them; "
+                         "timm:NAME names timm's models)")
     try:
         return zoo.create(args.model, num_classes=args.num_classes, weights=args.weights).eval(), args.model
     except (ValueError, FileNotFoundError, TypeError) as e:

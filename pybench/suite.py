@@ -203,7 +203,15 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
             raise SuiteError(f"{where}: key {key!r} is empty; give at least one value")
     from pybench import zoo
 
-    _allowed(where, "models", m["models"], zoo.names(), " (pybench zoo lists them)")
+    unknown = []
+    for name in m["models"]:
+        try:
+            if not (isinstance(name, str) and zoo.known(name)):
+                unknown.append(name)
+        except zoo.MissingExtraError as e:
+            raise SuiteError(f"{where}: key 'models' has {name!r}: {e}") from None
+    if unknown:
+        _allowed(where, "models", unknown, zoo.names(), " (pybench zoo lists them; timm:NAME names timm's models)")
     for lv in m["levels"]:
         if isinstance(lv, bool) or not isinstance(lv, (int, float)) or not 0 <= lv < 1:
             raise SuiteError(f"{where}: key 'levels' has {lv!r}; allowed values: numbers in [0, 1) (the fraction "

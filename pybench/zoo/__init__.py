@@ -6,7 +6,9 @@
     pb.zoo.input_size("resnet50")   # (3, 224, 224)
 
 Names: every ``torchvision.models.list_models(module=torchvision.models)`` classifier (random init, torchvision's
-``weights=None``), plus ``cifar_resnet20/32/56/110``, ``cifar_vgg16``, ``mobilenet_v1`` and ``xor_mlp``.
+``weights=None``), plus ``cifar_resnet20/32/56/110``, ``cifar_vgg16``, ``mobilenet_v1`` and ``xor_mlp``, and
+``timm:NAME`` for any of timm's models (the ``[timm]`` extra; random init, never downloaded; not listed by
+:func:`names`, which would mean a thousand more).
 
 Weights only ever come from a local file (``weights="path/to/state_dict.pt"``), never from a download.
 Each model carries ``model.pybench_spec = {"name": ..., "kwargs": {...}}`` (JSON-able, with ``num_classes``
@@ -27,9 +29,9 @@ import torch
 from torch import nn
 
 from . import cifar_resnet, cifar_vgg, mobilenet_v1, xor_mlp  # noqa: F401  (importing registers them)
-from ._registry import Entry, all_names, get
+from ._registry import TIMM_PREFIX, Entry, MissingExtraError, all_names, get, known
 
-__all__ = ["create", "names", "input_size", "load_weights"]
+__all__ = ["MissingExtraError", "TIMM_PREFIX", "create", "known", "names", "input_size", "load_weights"]
 
 
 def names() -> list[str]:
@@ -41,6 +43,13 @@ def _entry(name: str) -> Entry:
     if not isinstance(name, str):
         raise TypeError(f"zoo: name must be a str, got {type(name).__name__}")
     entry = get(name)
+    if entry is None and name.startswith(TIMM_PREFIX):
+        import timm
+
+        close = difflib.get_close_matches(name[len(TIMM_PREFIX):], timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(TIMM_PREFIX + c) for c in close)}?" if close else ""
+        raise ValueError(f"zoo: timm has no model {name[len(TIMM_PREFIX):]!r}{hint} (timm.list_models() lists "
+                         "them)")
     if entry is None:
         close = difflib.get_close_matches(name, all_names(), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["Entry", "register", "get", "all_names"]
+__all__ = ["Entry", "MissingExtraError", "TIMM_PREFIX", "register", "get", "known", "all_names"]
 
 Builder = Callable[..., nn.Module]
 
@@ -29,6 +29,7 @@ class Entry:
 
 
 _ENTRIES: dict[str, Entry] = {}
+_TIMM: dict[str, Entry | None] = {}
 _torchvision_loaded = False
 
 
@@ -54,11 +55,49 @@ def _ensure_torchvision() -> None:
         _torchvision_loaded = True
 
 
+TIMM_PREFIX = "timm:"
+
+
+class MissingExtraError(ImportError):
+    """A model family whose package is an optional extra that is not installed."""
+
+
+def _timm_entry(name: str) -> Entry | None:
+    """``timm:NAME``: timm's model NAME with random init (``pretrained=False``: pybench never downloads), its
+    default input size from timm's pretrained config; None when timm has no such model."""
+    try:
+        import timm
+    except ImportError:
+        raise MissingExtraError(f"zoo: {name!r} needs timm, which is not installed: pip install 'pybench[timm]' "
+                                "(or pip install timm)") from None
+    arch = name[len(TIMM_PREFIX):]
+    if arch not in timm.list_models():
+        return None
+    cfg = timm.models.get_pretrained_cfg(arch)
+    size = tuple(getattr(cfg, "input_size", None) or (3, 224, 224))
+    classes = int(getattr(cfg, "num_classes", None) or 1000)
+
+    def build(num_classes: int = classes, **kwargs: object) -> nn.Module:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
+
+    return Entry(name, build, size, classes, "timm")
+
+
 def get(name: str) -> Entry | None:
-    """The entry for ``name``, or None if no such model exists."""
+    """The entry for ``name``, or None if no such model exists (``timm:NAME`` names timm's models; raises
+    :class:`MissingExtraError` when timm is not installed)."""
     if name not in _ENTRIES:
+        if name.startswith(TIMM_PREFIX):  # cached apart: names() lists the registered models only
+            if name not in _TIMM:
+                _TIMM[name] = _timm_entry(name)
+            return _TIMM[name]
         _ensure_torchvision()
     return _ENTRIES.get(name)
+
+
+def known(name: str) -> bool:
+    """Whether ``name`` is a zoo model: a registered name or an existing ``timm:NAME``."""
+    return get(name) is not None
 
 
 def all_names() -> list[str]:

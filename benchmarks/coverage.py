@@ -219,13 +219,19 @@ def report(rows: Iterable[dict]) -> None:
     total = df.groupby("tool")["ok"].agg(lambda s: f"{int(s.sum())}/{len(s)}")
     table.loc["TOTAL"] = total
     print(tabulate(table.reset_index(), headers="keys", tablefmt="github", showindex=False))
-    if "params_after" in df and df["tool"].nunique() > 1:  # where every tool passes: the parameters each removed
+    if "params_after" in df and df["tool"].nunique() > 1:  # where every tool passes: removed params, seconds
         ok = df[df["ok"]].assign(removed=lambda d: 1 - d["params_after"] / d["params_before"])
-        both = ok.pivot_table(index="model", columns="tool", values="removed").dropna()
-        if len(both):
-            print("\nParameters removed where both pass:")
-            print(tabulate([[m, *(f"{v:.1%}" for v in r)] for m, r in both.iterrows()],
-                           headers=["model", *both.columns], tablefmt="github"))
+        removed = ok.pivot_table(index="model", columns="tool", values="removed").dropna()
+        seconds = ok.pivot_table(index="model", columns="tool", values="seconds").reindex(removed.index)
+        if len(removed):
+            tools = list(removed.columns)
+            rows = [[m, *(f"{removed.loc[m, t]:.1%}" for t in tools), *(f"{seconds.loc[m, t]:.3f}" for t in tools),
+                     f"{seconds.loc[m, tools[1]] / seconds.loc[m, tools[0]]:.1f}x" if len(tools) == 2 else ""]
+                    for m in removed.index]
+            print("\nWhere both pass: parameters removed, seconds of trace + score + plan + apply (the peer: graph "
+                  "build + step), and the peer's time over pybench's:")
+            print(tabulate(rows, headers=["model", *(f"removed {t}" for t in tools), *(f"s {t}" for t in tools),
+                                          "speed ratio"], tablefmt="github"))
     errors = df[~df["ok"]]
     if len(errors):
         print("\nErrors:")

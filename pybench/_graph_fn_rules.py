@@ -321,6 +321,18 @@ def norm_fn(ctx, where, args, kwargs, ds, kds, out, params):
     return d if keepdim else np.squeeze(d, axis=tuple(axes))
 
 
+def pad_fn(ctx, where, args, kwargs, ds, kds, out, params):
+    """F.pad: pads the last len(pad) // 2 axes; channels pass unless their own axis is padded."""
+    x, d = args[0], ds[0]
+    if d is None:
+        return None
+    pad = list(_arg(args, kwargs, 1, "pad"))
+    padded = [x.ndim - 1 - i for i in range(len(pad) // 2) if pad[2 * i] or pad[2 * i + 1]]
+    if not require_constant(ctx, d, padded, f"{where}: pads the channel axis"):
+        return None
+    return d
+
+
 def softmax_fn(ctx, where, args, kwargs, ds, kds, out, params):
     d = ds[0]
     if d is None:
@@ -537,7 +549,7 @@ FUNCTION_RULES.update({
     F.softmax: softmax_fn, F.log_softmax: softmax_fn, torch.softmax: softmax_fn,
     F.adaptive_avg_pool2d: spatial_fn, F.adaptive_max_pool2d: spatial_fn, F.avg_pool2d: spatial_fn,
     F.max_pool2d: spatial_fn, F.adaptive_avg_pool1d: spatial_fn, F.interpolate: spatial_fn,
-    F.layer_norm: layer_norm_fn, F.group_norm: group_norm_fn,
+    F.layer_norm: layer_norm_fn, F.group_norm: group_norm_fn, F.pad: pad_fn,
     F.batch_norm: _norm_fn((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm), "batch_norm"),
     F.instance_norm: _norm_fn((nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d), "instance_norm"),
     F.conv1d: conv_fn, F.conv2d: conv_fn, F.conv3d: conv_fn, F.linear: linear_fn,

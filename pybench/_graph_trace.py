@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from pybench import _graph_fn_rules as fn_rules
 from pybench import _graph_rules as rules
@@ -86,6 +87,58 @@ def _elementwise_meta(fn: Any, args: tuple, kwargs: dict) -> torch.Tensor | None
     if true_div and not dtype.is_floating_point and not dtype.is_complex:
         dtype = torch.get_default_dtype()
     return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def _meta_like(x: torch.Tensor, shape: tuple[int, ...] | torch.Size | None = None) -> torch.Tensor:
+    return torch.empty(x.shape if shape is None else shape, dtype=x.dtype, device="meta")
+
+
+def _norm_meta(x: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """F.batch_norm / instance_norm / group_norm / layer_norm keep the input's shape; per-channel tensors must fit
+    (their meta kernels are Python decompositions: ~5 ms a call)."""
+    for t in [*args, *kwargs.values()]:
+        if isinstance(t, torch.Tensor) and t.ndim == 1 and x.ndim > 1 and t.shape[0] not in (x.shape[1],
+                                                                                            x.shape[-1]):
+            raise RuntimeError(f"a per-channel tensor of size {t.shape[0]} for an input of shape {list(x.shape)}")
+    return _meta_like(x)
+
+
+def _pair(v: Any, n: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
+
+
+def _conv_meta(x: torch.Tensor, weight: torch.Tensor, bias: Any = None, stride: Any = 1, padding: Any = 0,
+               dilation: Any = 1, groups: int = 1) -> torch.Tensor:
+    """F.conv1d / 2d / 3d's output shape by arithmetic (their meta kernels go through Python references)."""
+    k = weight.ndim - 2
+    if x.ndim != k + 2 or x.shape[1] != weight.shape[1] * groups:
+        raise RuntimeError(f"convolution of an input of shape {list(x.shape)} with a weight of shape "
+                           f"{list(weight.shape)} and groups={groups}")
+    s, d = _pair(stride, k), _pair(dilation, k)
+    spatial = []
+    for i in range(k):
+        size, ks = x.shape[2 + i], weight.shape[2 + i]
+        if padding == "same":
+            spatial.append(size)
+            continue
+        p = 0 if padding == "valid" else _pair(padding, k)[i]
+        n = (size + 2 * p - d[i] * (ks - 1) - 1) // s[i] + 1
+        if n < 1:
+            raise RuntimeError(f"convolution output would be empty: input size {size}, kernel {ks}")
+        spatial.append(n)
+    return _meta_like(x, (x.shape[0], weight.shape[0], *spatial))
+
+
+def _linear_meta(x: torch.Tensor, weight: torch.Tensor, bias: Any = None) -> torch.Tensor:
+    if x.shape[-1] != weight.shape[-1]:
+        raise RuntimeError(f"linear of an input of shape {list(x.shape)} with a weight of shape {list(weight.shape)}")
+    return _meta_like(x, (*x.shape[:-1], weight.shape[0]))
+
+
+_SHAPE_BY_ARITHMETIC: dict[Any, Callable[..., torch.Tensor]] = {
+    F.batch_norm: _norm_meta, F.instance_norm: _norm_meta, F.group_norm: _norm_meta, F.layer_norm: _norm_meta,
+    F.conv1d: _conv_meta, F.conv2d: _conv_meta, F.conv3d: _conv_meta, F.linear: _linear_meta,
+}
 
 
 def _broadcast(a: torch.Size, b: torch.Size) -> tuple[int, ...]:
@@ -172,7 +225,10 @@ def function_step(ctx: rules.TraceContext, kind: str, target: Any, scope: str, a
         rule = fn_rules.FUNCTION_RULES.get(target)
         out = _elementwise_meta(target, args, kwargs)
         if out is None:
-            out = run_op(where, target, *args, **kwargs)
+            shape_fn = _SHAPE_BY_ARITHMETIC.get(target)
+            meta = shape_fn is not None and all(not isinstance(a, torch.Tensor) or a.device.type == "meta"
+                                                for a in (*args, *kwargs.values()))
+            out = run_op(where, shape_fn if meta else target, *args, **kwargs)
     else:
         where = f"{scope}: Tensor.{target}"
         rule = fn_rules.METHOD_RULES.get(target)

@@ -219,3 +219,21 @@ def test_pins_are_counted_listed_and_warned_about():
         warnings.simplefilter("error", PinnedChannelsWarning)  # a model that prunes fine: no warning
         _, plan = pb.prune(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(), x)
     assert pin_summary(plan.graph) == {"channels": 8, "pinned": 0, "reasons": []}
+
+
+def test_pad_passes_channels_unless_it_pads_them():
+    class Pads(nn.Module):
+        def __init__(self, pad) -> None:
+            super().__init__()
+            self.a, self.b, self.pad = nn.Conv2d(3, 8, 3), nn.Conv2d(8 + sum(pad[4:6]), 4, 1), pad
+
+        def forward(self, x):
+            return self.b(F.pad(self.a(x), self.pad))
+
+    x = torch.randn(2, 3, 8, 8)
+    spatial = Pads((1, 2, 0, 1)).eval()
+    g = pb.trace(spatial, x)
+    assert [grp.size for grp in g.groups] == [8]
+    assert_apply_equals_mask(spatial, pb.plan(g, pb.score(spatial, g, "l1"), ratio=0.5), x)
+    g = pb.trace(Pads((0, 0, 0, 0, 1, 1)).eval(), x)  # pads the channel axis: those channels stay
+    assert g.groups == [] and any("pads the channel axis" in r for r in g.pinned)

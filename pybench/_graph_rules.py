@@ -273,6 +273,16 @@ def conv_rule(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, d: np
         out_ids = ctx.space(name, cout)
         ctx.slot(("module", name, "out"), out_ids, m)
         return _at_axis(out_ids, 1, out.ndim)
+    if cin != cout and not (g == cin and cout % cin == 0):
+        # grouped, in and out of different widths (ResNeSt's groups=2, out = 2 x in): inputs and outputs prune
+        # apart, each the same number in every group
+        if in_ids is not None:
+            ctx.slot(("module", name, "in"), in_ids, m)
+            ctx.block(in_ids, g, f"{where}: grouped convolution with {g} groups (inputs)")
+        out_ids = ctx.space(name, cout)
+        ctx.slot(("module", name, "out"), out_ids, m)
+        ctx.block(out_ids, g, f"{where}: grouped convolution with {g} groups (outputs)")
+        return _at_axis(out_ids, 1, out.ndim)
     if in_ids is None:  # grouped conv on untracked channels: its outputs follow its inputs, so keep them
         return None
     if cin == cout:  # depthwise, or grouped with equal widths: output channel i reads input channel i's group
@@ -281,13 +291,11 @@ def conv_rule(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, d: np
         if g != cin:
             ctx.block(in_ids, g, f"{where}: grouped convolution with {g} groups")
         return _at_axis(in_ids, 1, out.ndim)
-    if g == cin and cout % cin == 0:  # depthwise with a channel multiplier
-        out_ids = np.repeat(in_ids, cout // cin)
-        ctx.slot(("module", name, "in"), in_ids, m)
-        ctx.slot(("module", name, "out"), out_ids, m)
-        return _at_axis(out_ids, 1, out.ndim)
-    ctx.pin(in_ids, f"{where}: grouped convolution with groups={g}, in={cin}, out={cout} is not supported")
-    return None
+    # depthwise with a channel multiplier
+    out_ids = np.repeat(in_ids, cout // cin)
+    ctx.slot(("module", name, "in"), in_ids, m)
+    ctx.slot(("module", name, "out"), out_ids, m)
+    return _at_axis(out_ids, 1, out.ndim)
 
 
 def linear_rule(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, d: np.ndarray | None,

@@ -101,10 +101,13 @@ def prune_conv(m: nn.Module, out_idx: Idx, in_idx: Idx) -> tuple[dict, dict]:
         n_in = _n(in_idx, cin)
         new["weight"] = _g(m.weight, out_idx)
         attrs = {"in_channels": n_in, "out_channels": _n(out_idx, cout), "groups": n_in}
-    else:  # grouped with in == out, coupled channel by channel, equal numbers kept per group
+    elif cin == cout:  # grouped with in == out, coupled channel by channel, equal numbers kept per group
         idx = in_idx if in_idx is not None else out_idx
         new["weight"] = _grouped_weight(m.weight, idx, cin // g, g)
         attrs = {"in_channels": int(idx.numel()), "out_channels": int(idx.numel())}
+    else:  # grouped, in != out: rows and each group's columns apart, equal numbers kept per group
+        new["weight"] = _grouped_weight_apart(m.weight, out_idx, in_idx, cin // g, cout // g, g)
+        attrs = {"in_channels": _n(in_idx, cin), "out_channels": _n(out_idx, cout)}
     if m.bias is not None and out_idx is not None:
         new["bias"] = _g(m.bias, out_idx)
     return {k: v for k, v in new.items() if v is not None}, attrs
@@ -121,6 +124,22 @@ def _grouped_weight(w: torch.Tensor, idx: torch.Tensor, per: int, groups: int) -
         raise ValueError(f"grouped conv: {n} kept channels are not the same number in each of its {groups} groups")
     cols = torch.from_numpy((keep - group * per).reshape(groups, n // groups)[group])  # (n, kept per group)
     return Gather(w, idx, None, functools.partial(_own_group_columns, cols))
+
+
+def _grouped_weight_apart(w: torch.Tensor, out_idx: Idx, in_idx: Idx, per_in: int, per_out: int,
+                          groups: int) -> Gather | None:
+    """Weight of a grouped conv whose inputs and outputs prune apart: rows ``out_idx``, and in each row the kept
+    columns of its own group's inputs (``in_idx``: sorted, the same number in every group)."""
+    if in_idx is None:
+        return _g(w, out_idx)
+    keep = in_idx.cpu().numpy()
+    n = keep.size
+    group = keep // per_in
+    if n % groups or (np.bincount(group, minlength=groups) != n // groups).any():
+        raise ValueError(f"grouped conv: {n} kept inputs are not the same number in each of its {groups} groups")
+    rows = np.arange(w.shape[0]) if out_idx is None else out_idx.cpu().numpy()
+    cols = torch.from_numpy((keep - group * per_in).reshape(groups, n // groups)[rows // per_out])
+    return Gather(w, out_idx, None, functools.partial(_own_group_columns, cols))
 
 
 def _own_group_columns(cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -237,3 +237,21 @@ def test_pad_passes_channels_unless_it_pads_them():
     assert_apply_equals_mask(spatial, pb.plan(g, pb.score(spatial, g, "l1"), ratio=0.5), x)
     g = pb.trace(Pads((0, 0, 0, 0, 1, 1)).eval(), x)  # pads the channel axis: those channels stay
     assert g.groups == [] and any("pads the channel axis" in r for r in g.pinned)
+
+
+@pytest.mark.parametrize("groups,cin,cout", [(2, 8, 16), (4, 16, 8), (2, 6, 10)])
+def test_grouped_convs_of_different_widths_prune_inputs_and_outputs_apart(groups, cin, cout):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, cin, 3), nn.BatchNorm2d(cin), nn.ReLU(),
+                      nn.Conv2d(cin, cout, 3, groups=groups), nn.BatchNorm2d(cout), nn.ReLU(),
+                      nn.Conv2d(cout, 5, 1)).eval()
+    x = torch.randn(2, 3, 9, 9)
+    g = pb.trace(m, x)
+    assert sorted(grp.size for grp in g.groups) == sorted([cin, cout]) and g.pinned == ["model output"]
+    p = pb.plan(g, pb.score(m, g, "l1"), ratio=0.5)
+    pruned, _, _ = assert_apply_equals_mask(m, p, x)
+    conv = pruned[3]
+    kin = cin - (cin // 2 // groups) * groups  # the same number removed in every group
+    kout = cout - (cout // 2 // groups) * groups
+    assert (conv.in_channels, conv.out_channels, conv.groups) == (kin, kout, groups)
+    assert conv.weight.shape == (kout, kin // groups, 3, 3)

@@ -43,15 +43,61 @@ def warn_if_mostly_pinned(graph: Any, model_name: str = "model") -> None:
 
 def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, criterion: str = "l1", scope: str = "local",
           *, data: Any = None, round_to: int = 1, min_channels: int = 1, ignore: Iterable[str] = (),
-          **criterion_kw: Any) -> tuple[nn.Module, PrunePlan]:
+          within: str | None = None, **criterion_kw: Any) -> tuple[nn.Module, PrunePlan]:
     """Prune ``model`` at ``ratio`` by ``criterion``; returns ``(pruned copy, plan)``. ``model`` is untouched.
 
     See :func:`pybench.trace`, :func:`pybench.score`, :func:`pybench.plan` and :func:`pybench.apply` for the
     arguments; ``data`` feeds data-driven criteria. Warns (:class:`PinnedChannelsWarning`) when pins keep more
     than half of the model's channels; ``plan.pinned`` lists why each channel stays.
+
+    ``within``: the name of a submodule to prune inside the whole model, for models whose forward cannot be traced
+    as a whole (a detector's box decoding, say). ``example_inputs`` are the whole model's: one forward records what
+    the submodule receives, the submodule is traced and pruned on that, keeping every channel that leaves it, and
+    the copy of the whole model gets the pruned submodule (so it still runs). The plan is the submodule's.
     """
+    if within is not None:
+        return _prune_within(model, example_inputs, within, ratio=ratio, criterion=criterion, scope=scope, data=data,
+                             round_to=round_to, min_channels=min_channels, ignore=ignore, **criterion_kw)
     graph = trace(model, example_inputs)
     warn_if_mostly_pinned(graph, type(model).__name__)
     scores = score(model, graph, criterion, data=data, **criterion_kw)
     p = plan(graph, scores, ratio=ratio, scope=scope, round_to=round_to, min_channels=min_channels, ignore=ignore)
     return apply(model, p), p
+
+
+def _prune_within(model: nn.Module, example_inputs: Any, within: str, **kw: Any) -> tuple[nn.Module, PrunePlan]:
+    import copy
+
+    import torch
+
+    if not isinstance(within, str) or not within:
+        raise ValueError(f"within must be a submodule's name, got {within!r}")
+    try:
+        sub = model.get_submodule(within)
+    except AttributeError:
+        names = [n for n, _ in model.named_children()]
+        raise ValueError(f"within={within!r}: {type(model).__name__} has no such submodule (its children: "
+                         f"{', '.join(names)})") from None
+    seen: list[tuple[tuple, dict]] = []
+
+    def record(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not seen:
+            seen.append((args, kwargs))
+
+    handle = sub.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+            model(*inputs)
+    finally:
+        handle.remove()
+    if not seen:
+        raise ValueError(f"within={within!r}: the model's forward never called that submodule")
+    args, kwargs = seen[0]
+    if kwargs:
+        raise ValueError(f"within={within!r}: the submodule is called with keyword arguments ({', '.join(kwargs)}), "
+                         "which pybench cannot trace")
+    pruned_sub, plan = prune(sub, args if len(args) != 1 else args[0], **kw)
+    out = copy.deepcopy(model)
+    out.set_submodule(within, pruned_sub)
+    return out, plan

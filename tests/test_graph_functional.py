@@ -255,3 +255,30 @@ def test_grouped_convs_of_different_widths_prune_inputs_and_outputs_apart(groups
     kout = cout - (cout // 2 // groups) * groups
     assert (conv.in_channels, conv.out_channels, conv.groups) == (kin, kout, groups)
     assert conv.weight.shape == (kout, kin // groups, 3, 3)
+
+
+def test_prune_within_a_detector_prunes_its_backbone_and_the_detector_still_runs():
+    import torchvision
+
+    torch.manual_seed(0)
+    m = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
+    m = m.eval()
+    images = [torch.rand(3, 160, 200)]
+    body = m.backbone.body
+    before = sum(p.numel() for p in body.parameters())
+    pruned, plan = pb.prune(m, (images,), ratio=0.5, within="backbone.body")
+    assert sum(p.numel() for p in pruned.backbone.body.parameters()) < 0.5 * before
+    assert pruned.backbone.fpn is not m.backbone.fpn and m.backbone.body is body  # a copy; the model is untouched
+    with torch.no_grad():
+        dets = pruned(images)
+        seen = []
+        hook = m.backbone.body.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+        m(images)
+        hook.remove()
+        feats = pruned.backbone.body(seen[0])
+        want = pb.mask(body, plan)(seen[0])
+    assert set(dets[0]) == {"boxes", "labels", "scores"}
+    for k in feats:  # the channels leaving the backbone stay, so the FPN reads what it always read
+        torch.testing.assert_close(feats[k], want[k], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"within='backbone.nope': FasterRCNN has no such submodule"):
+        pb.prune(m, (images,), within="backbone.nope")

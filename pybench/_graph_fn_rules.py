@@ -10,6 +10,7 @@ those so that each file holds one family of rules, and build on its trace contex
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -269,8 +270,8 @@ def split_fn(ctx, where, args, kwargs, ds, kds, out, params):
                 ctx.pin(d, f"{where}: chunks channels spread over several axes")
                 return tuple(None for _ in out)
             ctx.block(along(d, dim, x.shape[dim]), len(out), f"{where}: chunks channels")
-        else:  # split sizes / unbind count are fixed numbers
-            ctx.pin(d, f"{where}: splits channels at fixed sizes")
+        elif not _split_sizes_follow(ctx, where, args, kwargs, d, dim, x.shape[dim], out):
+            ctx.pin(d, f"{where}: splits channels at fixed sizes")  # sizes that are not a module's attribute
             return tuple(None for _ in out)
     if d.shape[dim] == 1:
         res = [d for _ in out]
@@ -284,6 +285,36 @@ def split_fn(ctx, where, args, kwargs, ds, kds, out, params):
                 piece = piece.squeeze(dim)
             res.append(compress(piece))
     return tuple(res)
+
+
+def _split_sizes_follow(ctx, where, args, kwargs, d, dim, n, out) -> bool:
+    """Whether a split's sizes are an attribute of the module whose forward splits (timm's MixedConv2d.splits,
+    Res2Net's width) that surgery can rewrite: then the parts prune alike (the same share of each) and the
+    attribute is recorded in ``ctx.resizes``. False for sizes from elsewhere."""
+    if "unbind" in where or "tensor_split" in where or len(vary_axes(d)) != 1:
+        return False
+    sizes = _arg(args, kwargs, 1, "split_size_or_sections")
+    if sizes is None:
+        sizes = kwargs.get("split_size")
+    scope = where.rsplit(": ", 1)[0]
+    m = ctx.modules.get(scope)
+    if m is None or not isinstance(sizes, (int, list, tuple)) or isinstance(sizes, bool):
+        return False
+    want = sizes if isinstance(sizes, int) else [int(v) for v in sizes]
+    attrs = [k for k, v in vars(m).items() if not k.startswith("_") and not isinstance(v, bool) and
+             (v == want if isinstance(want, int) else isinstance(v, (list, tuple)) and list(v) == want)]
+    if len(attrs) != 1:
+        return False
+    ids = along(d, dim, n)
+    sizes_out = [int(o.shape[dim]) for o in out]
+    equal = isinstance(want, int)
+    if equal and n % want:
+        return False
+    # every part loses the same share (cells of the parts' gcd each lose as many), so none is emptied
+    cell = want if equal else math.gcd(*sizes_out)
+    ctx.block(ids, n // cell, f"{where}: splits channels into parts of {scope}.{attrs[0]}")
+    ctx.resizes.append((scope, attrs[0], ids, np.cumsum([0, *sizes_out]).tolist(), equal))
+    return True
 
 
 def reduce_fn(ctx, where, args, kwargs, ds, kds, out, params):

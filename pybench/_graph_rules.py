@@ -51,6 +51,8 @@ class TraceContext:
         self.node: Any = None  # the fx node a rule is looking at
         self.modules = modules or {}  # the traced model's modules by name (functional rules find their owners)
         self.consumed: set[tuple] = set()  # ("param", name, dim) slots that read channels (mask zeroes them)
+        # split sizes held by a module attribute, rewritten by surgery: (module, attribute, ids, part bounds, equal)
+        self.resizes: list[tuple[str, str, np.ndarray, list[int], bool]] = []
 
     def space(self, owner: str, size: int) -> np.ndarray:
         """The ids of ``owner``'s output channels (the same ids on every call of a shared module)."""

@@ -52,7 +52,8 @@ def _base_spec(model: nn.Module, spec: dict | str | None, kwargs: dict | None) -
 def _attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
     out = {}
     for name, m in model.named_modules():
-        values = {a: getattr(m, a) for a in SIZE_ATTRS if isinstance(getattr(m, a, None), (int, tuple, list))}
+        names = (*SIZE_ATTRS, *getattr(m, "_pybench_size_attrs", ()))  # + split sizes surgery rewrote
+        values = {a: getattr(m, a) for a in names if isinstance(getattr(m, a, None), (int, tuple, list))}
         if values:
             out[name] = {"type": type(m).__name__,
                          "attrs": {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}

@@ -264,7 +264,28 @@ def _apply(model: nn.Module, plan: PrunePlan) -> nn.Module:
     pruned = clone_module(model, memo)
     for name, values in attrs.items():
         _set_attributes(memo[id(modules[name])], values)  # the module's copy
+    if plan.graph.resizes:
+        _rewrite_split_sizes(model, plan, memo)
     return pruned
+
+
+def _rewrite_split_sizes(model: nn.Module, plan: PrunePlan, memo: dict[int, Any]) -> None:
+    """Split sizes held by module attributes (MixedConv2d.splits, Res2Net's width) become the kept channels of each
+    part; the attribute's name joins the copy's ``_pybench_size_attrs`` so that pb.save keeps it."""
+    removed = plan.removed_units()
+    for mod, attr, labels, bounds, equal in plan.graph.resizes:
+        kept = [int(((labels[a:b] < 0) | ~removed[np.maximum(labels[a:b], 0)]).sum())
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        copy = memo[id(model.get_submodule(mod))]
+        old = getattr(copy, attr)
+        if equal:
+            if len(set(kept)) != 1:
+                raise ValueError(f"{mod}.{attr}: parts of one split size keep {kept} channels (not all equal)")
+            value: Any = kept[0]
+        else:
+            value = type(old)(kept)
+        copy.__dict__[attr] = value
+        copy.__dict__["_pybench_size_attrs"] = tuple(sorted({*copy.__dict__.get("_pybench_size_attrs", ()), attr}))
 
 
 def _like(old: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

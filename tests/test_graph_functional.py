@@ -282,3 +282,61 @@ def test_prune_within_a_detector_prunes_its_backbone_and_the_detector_still_runs
         torch.testing.assert_close(feats[k], want[k], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"within='backbone.nope': FasterRCNN has no such submodule"):
         pb.prune(m, (images,), within="backbone.nope")
+
+
+class MixedConv(nn.Module):
+    """timm's MixedConv2d in short: split the input at self.splits, one conv per part, concatenate."""
+
+    def __init__(self, splits: list[int], cout: int) -> None:
+        super().__init__()
+        self.splits = splits
+        self.convs = nn.ModuleList(nn.Conv2d(s, cout, 3, padding=1) for s in splits)
+
+    def forward(self, x):
+        return torch.cat([c(p) for c, p in zip(self.convs, torch.split(x, self.splits, 1), strict=True)], 1)
+
+
+class Res2(nn.Module):
+    """Res2Net's split in short: x.split(self.width) into equal parts, each added to the previous part's output."""
+
+    def __init__(self, width: int, scale: int) -> None:
+        super().__init__()
+        self.width, self.scale = width, scale
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(scale - 1))
+
+    def forward(self, x):
+        parts, outs, sp = x.split(self.width, 1), [], None
+        for i, conv in enumerate(self.convs):
+            sp = parts[i] if sp is None else sp + parts[i]
+            sp = F.relu(conv(sp))
+            outs.append(sp)
+        return torch.cat([*outs, parts[-1]], 1)
+
+
+def test_splits_at_module_attributes_prune_inside_each_part():
+    torch.manual_seed(0)  # (fx cannot trace these: iterating a split's result is control flow to it)
+    m = nn.Sequential(nn.Conv2d(3, 12, 1), nn.ReLU(), MixedConv([4, 8], 6), nn.ReLU(),
+                      nn.Conv2d(12, 12, 1), nn.ReLU(), Res2(4, 3), nn.Conv2d(12, 5, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    g = pb.trace(m, x)
+    assert g.pinned == ["model output"], g.pinned
+    p = pb.plan(g, pb.score(m, g, "l1"), ratio=0.5)
+    pruned, _, _ = assert_apply_equals_mask(m, p, x)
+    assert pruned[2].splits == [2, 4] and [c.in_channels for c in pruned[2].convs] == [2, 4]
+    assert pruned[6].width == 2 and pruned[6].scale == 3  # Res2's parts shrink alike; its part count stays
+    assert pruned[6]._pybench_size_attrs == ("width",) and pruned[2]._pybench_size_attrs == ("splits",)
+
+
+def test_split_sizes_from_elsewhere_are_kept():
+    class Literal(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.b(x) + torch.split(self.a(x), 4, 1)[0]  # 4 is a literal, not an attribute
+
+    g = pb.trace(Literal().eval(), torch.randn(1, 3, 4, 4))
+    assert any("splits channels at fixed sizes" in r for r in g.pinned)
+    g = pb.trace(nn.Sequential(nn.Conv2d(3, 16, 1), Res2(4, 4)).eval(), torch.randn(1, 3, 4, 4))
+    assert any("splits channels at fixed sizes" in r for r in g.pinned)  # width == scale: which one? keep them

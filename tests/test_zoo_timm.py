@@ -79,3 +79,17 @@ def test_timm_not_installed_names_the_extra():
         in r.stderr
     assert r.stderr.count("\n") == 1  # one line, no traceback
     assert "SUITE" in r.stdout and "pybench[timm]" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["timm:mixnet_s", "timm:res2net50_14w_8s"])
+def test_split_models_prune_inside_their_parts_and_round_trip_through_save(name, tmp_path):
+    m = pb.zoo.create(name, num_classes=5).eval()
+    x = torch.randn(1, 3, 64, 64)
+    pruned, plan = pb.prune(m, x, ratio=0.5)
+    assert not any("splits channels at fixed sizes" in r for r, _ in plan.pinned), plan.pinned
+    assert sum(p.numel() for p in pruned.parameters()) < 0.5 * sum(p.numel() for p in m.parameters())
+    pb.save(pruned, tmp_path / "p.pt")
+    back = pb.load(tmp_path / "p.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), pruned(x))
+        torch.testing.assert_close(pruned(x), pb.mask(m, plan)(x), rtol=1e-4, atol=1e-5)

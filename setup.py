@@ -64,7 +64,8 @@ if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.i
     os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS  # torch cannot ask a GPU which arch it is
 
 sources = ["csrc/ops.cpp", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))]
-cxx_flags = ["-O3", "-fopenmp"]  # torch picks the C++ standard (C++20 for 2.14)
+# torch picks the C++ standard: C++20 for 2.14, C++17 for 2.11 (the GPU machines' torch): keep csrc/ C++17
+cxx_flags = ["-O3", "-fopenmp"]
 if WITH_CUDA:
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
     ext = CUDAExtension(

@@ -5,7 +5,8 @@ operation :mod:`pybench.graph` meets outside a module to a rule of the same cont
 :mod:`pybench._graph_rules` (the context, slots, unions, pins and blocks described there); they live apart from
 those so that each file holds one family of rules, and build on its trace context and shared helpers
 (:func:`~pybench._graph_rules.identity`, :func:`~pybench._graph_rules.elementwise`,
-:func:`~pybench._graph_rules.require_constant`). An operation no rule knows pins the channels it reads.
+:func:`~pybench._graph_rules.require_constant`); the rules of layers called functionally (``F.conv2d``,
+``F.batch_norm``...) are in :mod:`pybench._graph_layer_rules`. An operation no rule knows pins the channels it reads.
 """
 
 from __future__ import annotations
@@ -16,21 +17,25 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from pybench._channels import along, compress, expand_to, reshape, vary_axes
+from pybench._graph_layer_rules import (
+    batch_norm_fn,
+    conv_fn,
+    group_norm_fn,
+    instance_norm_fn,
+    layer_norm_fn,
+    linear_fn,
+)
 from pybench._graph_rules import (
     Rule,
     _at_axis,
-    _channel_ids,
     _shape,
-    conv_rule,
+    arg_at,
     elementwise,
     identity,
     is_symbolic,
-    linear_rule,
-    per_channel_rule,
     require_constant,
     size_provenance,
 )
@@ -39,12 +44,6 @@ from pybench._graph_rules import (
 # Function / method rules: (ctx, where, args, kwargs, arg_ds, kwarg_ds, out, params) -> descriptor.
 # ``args`` hold meta tensors, ``arg_ds`` the descriptors at the same places, ``params`` the parameter names.
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
-    if len(args) > i:
-        return args[i]
-    return kwargs.get(name, default)
 
 
 def unary_fn(ctx, where, args, kwargs, ds, kds, out, params):
@@ -166,7 +165,7 @@ def transpose_fn(ctx, where, args, kwargs, ds, kds, out, params):
     d = ds[0]
     if d is None:
         return None
-    a, b = _arg(args, kwargs, 1, "dim0"), _arg(args, kwargs, 2, "dim1")
+    a, b = arg_at(args, kwargs, 1, "dim0"), arg_at(args, kwargs, 2, "dim1")
     return np.ascontiguousarray(np.swapaxes(d, int(a), int(b)))
 
 
@@ -174,7 +173,8 @@ def movedim_fn(ctx, where, args, kwargs, ds, kds, out, params):
     d = ds[0]
     if d is None:
         return None
-    return np.ascontiguousarray(np.moveaxis(d, _arg(args, kwargs, 1, "source"), _arg(args, kwargs, 2, "destination")))
+    src, dst = arg_at(args, kwargs, 1, "source"), arg_at(args, kwargs, 2, "destination")
+    return np.ascontiguousarray(np.moveaxis(d, src, dst))
 
 
 def expand_fn(ctx, where, args, kwargs, ds, kds, out, params):
@@ -214,10 +214,10 @@ def getitem_fn(ctx, where, args, kwargs, ds, kds, out, params):
 
 
 def cat_fn(ctx, where, args, kwargs, ds, kds, out, params):
-    tensors = _arg(args, kwargs, 0, "tensors")
+    tensors = arg_at(args, kwargs, 0, "tensors")
     tds = ds[0] if ds and ds[0] is not None else kds.get("tensors")
     tparams = params[0] if params and isinstance(params[0], (tuple, list)) else [None] * len(tensors)
-    dim = int(_arg(args, kwargs, 1, "dim", 0)) % out.ndim
+    dim = int(arg_at(args, kwargs, 1, "dim", 0)) % out.ndim
     if tds is None or all(d is None for d in tds):
         return None
     tracked = [d for d in tds if d is not None]
@@ -242,9 +242,9 @@ def cat_fn(ctx, where, args, kwargs, ds, kds, out, params):
 
 
 def stack_fn(ctx, where, args, kwargs, ds, kds, out, params):
-    tensors = _arg(args, kwargs, 0, "tensors")
+    tensors = arg_at(args, kwargs, 0, "tensors")
     tds = ds[0]
-    dim = int(_arg(args, kwargs, 1, "dim", 0)) % out.ndim
+    dim = int(arg_at(args, kwargs, 1, "dim", 0)) % out.ndim
     if tds is None or all(d is None for d in tds):
         return None
     shape = list(out.shape)
@@ -261,9 +261,9 @@ def split_fn(ctx, where, args, kwargs, ds, kds, out, params):
     if not isinstance(out, (tuple, list)):
         return None
     if "unbind" in where:
-        dim = int(_arg(args, kwargs, 1, "dim", 0)) % x.ndim
+        dim = int(arg_at(args, kwargs, 1, "dim", 0)) % x.ndim
     else:
-        dim = int(_arg(args, kwargs, 2, "dim", 0)) % x.ndim
+        dim = int(arg_at(args, kwargs, 2, "dim", 0)) % x.ndim
     if d.shape[dim] > 1:
         if "chunk" in where and len(out) > 1:  # equal pieces of whatever is left: equal removal per piece
             if len(vary_axes(d)) > 1 or x.shape[dim] % len(out):
@@ -293,7 +293,7 @@ def _split_sizes_follow(ctx, where, args, kwargs, d, dim, n, out) -> bool:
     attribute is recorded in ``ctx.resizes``. False for sizes from elsewhere."""
     if "unbind" in where or "tensor_split" in where or len(vary_axes(d)) != 1:
         return False
-    sizes = _arg(args, kwargs, 1, "split_size_or_sections")
+    sizes = arg_at(args, kwargs, 1, "split_size_or_sections")
     if sizes is None:
         sizes = kwargs.get("split_size")
     scope = where.rsplit(": ", 1)[0]
@@ -321,8 +321,8 @@ def reduce_fn(ctx, where, args, kwargs, ds, kds, out, params):
     x, d = args[0], ds[0]
     if d is None:
         return None
-    dim = _arg(args, kwargs, 1, "dim")
-    keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
+    dim = arg_at(args, kwargs, 1, "dim")
+    keepdim = bool(arg_at(args, kwargs, 2, "keepdim", False))
     if dim is None:
         axes = list(range(x.ndim))
     elif isinstance(dim, (tuple, list)):
@@ -343,8 +343,8 @@ def norm_fn(ctx, where, args, kwargs, ds, kds, out, params):
     x, d = args[0], ds[0]
     if d is None:
         return None
-    dim = _arg(args, kwargs, 2, "dim")
-    keepdim = bool(_arg(args, kwargs, 3, "keepdim", False))
+    dim = arg_at(args, kwargs, 2, "dim")
+    keepdim = bool(arg_at(args, kwargs, 3, "keepdim", False))
     axes = list(range(x.ndim)) if dim is None else [int(a) % x.ndim for a in (dim if isinstance(dim, (tuple, list))
                                                                              else [dim])]
     if not require_constant(ctx, d, axes, f"{where}: a norm over channels"):
@@ -357,7 +357,7 @@ def pad_fn(ctx, where, args, kwargs, ds, kds, out, params):
     x, d = args[0], ds[0]
     if d is None:
         return None
-    pad = list(_arg(args, kwargs, 1, "pad"))
+    pad = list(arg_at(args, kwargs, 1, "pad"))
     padded = [x.ndim - 1 - i for i in range(len(pad) // 2) if pad[2 * i] or pad[2 * i + 1]]
     if not require_constant(ctx, d, padded, f"{where}: pads the channel axis"):
         return None
@@ -368,7 +368,7 @@ def softmax_fn(ctx, where, args, kwargs, ds, kds, out, params):
     d = ds[0]
     if d is None:
         return None
-    dim = int(_arg(args, kwargs, 1, "dim", -1)) % d.ndim
+    dim = int(arg_at(args, kwargs, 1, "dim", -1)) % d.ndim
     if not require_constant(ctx, d, [dim], f"{where}: normalises across channels"):
         return None
     return d
@@ -381,168 +381,6 @@ def spatial_fn(ctx, where, args, kwargs, ds, kds, out, params):
     if not require_constant(ctx, d, list(range(2, d.ndim)), f"{where}: pools over channels"):
         return None
     return d if out.ndim == d.ndim else None
-
-
-# -- functional layers (F.conv2d, F.batch_norm, ... called from a module's own forward) -----------------------------
-# Where the weight is the parameter of a torch.nn layer of the same kind (timm's BatchNormAct2d, Conv2dSame), the
-# call is that layer's: its module rule records module slots, so surgery's pruner keeps the layer's attributes
-# (num_features, out_channels...) true. Other parameters get parameter slots; a computed weight keeps its channels.
-
-
-def _param_name(ctx, params: list, i: int, key: str) -> str | None:
-    """The parameter / buffer name of argument ``i`` or keyword ``key``, or None (not a parameter)."""
-    if i < len(params) and isinstance(params[i], str):
-        return params[i]
-    node = ctx.node
-    v = node.kwargs.get(key) if node is not None else None
-    if v is None:
-        return None
-    return getattr(v, "param", None) or ctx.param_of.get(v)
-
-
-def _owner(ctx, names: list[str | None], types: type | tuple[type, ...]) -> tuple[str, Any] | None:
-    """(name, module) when every given parameter name is a direct tensor of one module of ``types``."""
-    given = [n for n in names if n is not None]
-    owners = {n.rpartition(".")[0] for n in given}
-    if not given or len(owners) != 1:
-        return None
-    owner = owners.pop()
-    m = ctx.modules.get(owner)
-    if not isinstance(m, types):
-        return None
-    own = set(m._parameters) | set(m._buffers)
-    return (owner, m) if all(n.rpartition(".")[2] in own for n in given) else None
-
-
-def _tensors_are_params(ctx, where, args, kwargs, positions, names, d) -> bool:
-    """False (and ``d`` pinned) when a per-channel argument is a tensor that is no parameter: nothing could slice
-    it when the channels go."""
-    for (i, key), name in zip(positions, names, strict=True):
-        if isinstance(_arg(args, kwargs, i, key), torch.Tensor) and name is None:
-            ctx.pin(d, f"{where}: a per-channel argument ({key}) is a computed tensor")
-            return False
-    return True
-
-
-_NORM_ARGS = [(1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")]
-
-
-def _norm_fn(types: tuple[type, ...], kind: str):
-    """F.batch_norm / F.instance_norm: per-channel statistics and affine, channels on dim 1."""
-
-    def rule(ctx, where, args, kwargs, ds, kds, out, params):
-        x, d = args[0], ds[0]
-        if d is None:
-            return None
-        names = [_param_name(ctx, params, i, key) for i, key in _NORM_ARGS]
-        if not _tensors_are_params(ctx, where, args, kwargs, _NORM_ARGS, names, d):
-            return None
-        owned = _owner(ctx, names, types)
-        if owned is not None and owned[1].num_features == x.shape[1]:
-            return per_channel_rule(axis=1)(ctx, owned[0], owned[1], x, d, out)
-        ids = _channel_ids(ctx, f"{where} ({kind})", d, 1, x.shape[1])
-        if ids is None:
-            return None
-        for name in filter(None, names):
-            ctx.slot(("param", name, 0), ids)
-        return d
-
-    return rule
-
-
-def group_norm_fn(ctx, where, args, kwargs, ds, kds, out, params):
-    """F.group_norm normalises across the channels of a group: only a torch.nn.GroupNorm's (masking knows it)."""
-    x, d = args[0], ds[0]
-    if d is None:
-        return None
-    positions = [(2, "weight"), (3, "bias")]
-    names = [_param_name(ctx, params, i, key) for i, key in positions]
-    owned = _owner(ctx, names, nn.GroupNorm)
-    groups = _arg(args, kwargs, 1, "num_groups")
-    if owned is not None and owned[1].num_groups == groups and owned[1].num_channels == x.shape[1]:
-        return per_channel_rule(axis=1, reducer="group_norm", parts_attr="num_groups")(ctx, owned[0], owned[1], x,
-                                                                                      d, out)
-    ctx.pin(d, f"{where}: group_norm across channels outside a torch.nn.GroupNorm")
-    return None
-
-
-def layer_norm_fn(ctx, where, args, kwargs, ds, kds, out, params):
-    """F.layer_norm over axes the channels do not vary on passes them through; across them it keeps them."""
-    x, d = args[0], ds[0]
-    if d is None:
-        return None
-    shape = _arg(args, kwargs, 1, "normalized_shape")
-    k = len(shape) if isinstance(shape, (tuple, list)) else 1
-    if not require_constant(ctx, d, list(range(x.ndim - k, x.ndim)), f"{where}: functional layer_norm across "
-                            "channels"):
-        return None
-    return d
-
-
-def _computed_layer(ctx, where: str, kind: str, d, n_out: int, axis: int, ndim: int):
-    """A layer whose weight is computed in forward (weight standardisation, say): nothing can slice it, so the
-    channels it reads and the channels it makes are kept, with the reason (not silently untracked)."""
-    reason = f"{where}: {kind} with a weight or bias computed in forward (no parameter to slice)"
-    ctx.pin(d, reason)
-    ids = ctx.space(where, n_out)
-    ctx.pin(ids, reason)
-    return _at_axis(ids, axis, ndim)
-
-
-def conv_fn(ctx, where, args, kwargs, ds, kds, out, params):
-    """F.conv1d / 2d / 3d: a torch.nn conv's own weight is that conv; another parameter gets parameter slots (out:
-    dim 0 of weight and bias, in: dim 1, which masking zeroes); a computed weight keeps the channels it reads."""
-    x, d = args[0], ds[0]
-    w, b = _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
-    groups = int(_arg(args, kwargs, 6, "groups", 1))
-    wname, bname = _param_name(ctx, params, 1, "weight"), _param_name(ctx, params, 2, "bias")
-    owned = _owner(ctx, [wname, bname], (nn.Conv1d, nn.Conv2d, nn.Conv3d))
-    if owned is not None and wname == f"{owned[0]}.weight" and owned[1].groups == groups and \
-            (b is None) == (owned[1].bias is None) and tuple(w.shape) == tuple(owned[1].weight.shape):
-        return conv_rule(ctx, owned[0], owned[1], x, d, out)
-    cout, cin = w.shape[0], w.shape[1] * groups
-    if wname is None or (isinstance(b, torch.Tensor) and bname is None):
-        return _computed_layer(ctx, where, "convolution", d, cout, 1, out.ndim)
-    if groups != 1:
-        ctx.pin(d, f"{where}: functional grouped convolution (groups={groups}) of a parameter")
-        return None
-    if d is not None:
-        in_ids = _channel_ids(ctx, where, d, 1, cin)
-        if in_ids is None:
-            return None
-        ctx.slot(("param", wname, 1), in_ids)
-        ctx.consumed.add(("param", wname, 1))
-    out_ids = ctx.space(wname, cout)
-    ctx.slot(("param", wname, 0), out_ids)
-    if bname is not None:
-        ctx.slot(("param", bname, 0), out_ids)
-    return _at_axis(out_ids, 1, out.ndim)
-
-
-def linear_fn(ctx, where, args, kwargs, ds, kds, out, params):
-    """F.linear: a torch.nn.Linear's own weight is that layer; another parameter gets parameter slots."""
-    x, d = args[0], ds[0]
-    w, b = _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
-    wname, bname = _param_name(ctx, params, 1, "weight"), _param_name(ctx, params, 2, "bias")
-    owned = _owner(ctx, [wname, bname], nn.Linear)
-    if owned is not None and wname == f"{owned[0]}.weight" and (b is None) == (owned[1].bias is None):
-        return linear_rule(ctx, owned[0], owned[1], x, d, out)
-    last = out.ndim - 1
-    if wname is None or (isinstance(b, torch.Tensor) and bname is None):
-        return _computed_layer(ctx, where, "linear", d, w.shape[0], last, out.ndim)
-    if d is not None and d.shape[last] > 1:
-        in_ids = _channel_ids(ctx, where, d, last, w.shape[1])
-        if in_ids is None:
-            return None
-        ctx.slot(("param", wname, 1), in_ids)
-        ctx.consumed.add(("param", wname, 1))
-    elif d is not None:  # channels on another axis pass a linear over the last one
-        return d
-    out_ids = ctx.space(wname, w.shape[0])
-    ctx.slot(("param", wname, 0), out_ids)
-    if bname is not None:
-        ctx.slot(("param", bname, 0), out_ids)
-    return _at_axis(out_ids, last, out.ndim)
 
 
 def no_tensor_fn(ctx, where, args, kwargs, ds, kds, out, params):
@@ -581,8 +419,7 @@ FUNCTION_RULES.update({
     F.adaptive_avg_pool2d: spatial_fn, F.adaptive_max_pool2d: spatial_fn, F.avg_pool2d: spatial_fn,
     F.max_pool2d: spatial_fn, F.adaptive_avg_pool1d: spatial_fn, F.interpolate: spatial_fn,
     F.layer_norm: layer_norm_fn, F.group_norm: group_norm_fn, F.pad: pad_fn,
-    F.batch_norm: _norm_fn((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm), "batch_norm"),
-    F.instance_norm: _norm_fn((nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d), "instance_norm"),
+    F.batch_norm: batch_norm_fn, F.instance_norm: instance_norm_fn,
     F.conv1d: conv_fn, F.conv2d: conv_fn, F.conv3d: conv_fn, F.linear: linear_fn,
     torch._assert: no_tensor_fn, getattr: no_tensor_fn, operator.floordiv: no_tensor_fn, len: no_tensor_fn,
 })

@@ -163,6 +163,13 @@ def _shape(t: Any) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
+def arg_at(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
+    """Argument ``i`` of a call, or its keyword ``name``, or ``default``."""
+    if len(args) > i:
+        return args[i]
+    return kwargs.get(name, default)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Building blocks shared by the rules.
 # ---------------------------------------------------------------------------------------------------------------

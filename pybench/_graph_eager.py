@@ -23,7 +23,7 @@ import torch.nn as nn
 from pybench import _graph_rules as rules
 from pybench._channels import along, vary_axes
 from pybench._graph_rules import SymInt
-from pybench._graph_trace import TraceError, function_step, module_step
+from pybench._graph_trace import TraceError, function_step, module_step, param_view
 
 __all__ = ["Value", "eager_trace"]
 
@@ -279,7 +279,10 @@ class _Tracer:
         out, d = function_step(self.ctx, kind, target, self.scope, margs, mkwargs, arg_ds, kw_ds,
                                lambda: [self._params(a) for a in args], lambda: self._input_params(args, kwargs),
                                self.strict, self.notes)
-        return _wrap(out, d)
+        wrapped = _wrap(out, d)
+        if type(wrapped) is Value and args and type(args[0]) is Value and args[0].param is not None:
+            wrapped.param = param_view(kind, target, margs[0], out, args[0].param)
+        return wrapped
 
     @property
     def scope(self) -> str:

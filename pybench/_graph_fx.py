@@ -17,7 +17,7 @@ import torch.fx
 import torch.nn as nn
 
 from pybench import _graph_rules as rules
-from pybench._graph_trace import TraceError, function_step, module_step
+from pybench._graph_trace import TraceError, function_step, module_step, param_view
 
 __all__ = ["fx_graph", "fx_ops", "walk_fx"]
 
@@ -154,6 +154,10 @@ def walk_fx(graph: torch.fx.Graph, model: nn.Module, inputs: tuple, ctx: rules.T
                                    lambda n=node: [_param_names(a, ctx) for a in n.args],
                                    lambda n=node: _node_params(ctx, n), strict, notes)
         meta[node], desc[node] = out, d
+        if op != "call_module" and node.args and node.args[0] in ctx.param_of:
+            view_of = param_view(op, node.target, args[0], out, ctx.param_of[node.args[0]])
+            if view_of is not None:
+                ctx.param_of[node] = view_of
         _provenance(ctx, node, desc)
 
 

@@ -234,8 +234,8 @@ def elementwise(ctx: TraceContext, where: str, operands: list[tuple[Any, np.ndar
                 ctx.pin(d, f"{where}: a single tracked channel is broadcast")
             continue
         if d is None:
-            if param is not None:
-                pdim = ax - (nd - rank)  # broadcasting right-aligns the parameter
+            pdim = _param_dim(ctx, param, shape, rank, ax) if param is not None else None
+            if pdim is not None:
                 ctx.slot(("param", param, pdim), ref)
             else:
                 ok = False
@@ -250,6 +250,21 @@ def elementwise(ctx: TraceContext, where: str, operands: list[tuple[Any, np.ndar
     res = np.full(tuple(n if a == ax else 1 for a in range(nd)), -1, dtype=np.int64)
     res.reshape(-1)[:] = ref
     return res
+
+
+def _param_dim(ctx: TraceContext, param: str, shape: tuple[int, ...], rank: int, ax: int) -> int | None:
+    """The parameter's own dim that ``ax`` of ``shape`` indexes (``shape``: the operand of rank ``rank``,
+    right-aligned to the op's rank): the operand may be the parameter or a view of it with size-1 dims added or
+    dropped (``gamma.reshape(1, -1, 1, 1)``, a layer scale); None where it does not follow the parameter."""
+    owner, _, attr = param.rpartition(".")
+    m = ctx.modules.get(owner)
+    t = None if m is None else m._parameters.get(attr, m._buffers.get(attr))
+    if t is None:  # its shape is not at hand: the operand is the parameter, right-aligned
+        return ax - (len(shape) - rank)
+    if [n for n in shape if n != 1] != [n for n in t.shape if n != 1] or shape[ax] == 1:
+        return None
+    k = sum(1 for n in shape[:ax] if n != 1)
+    return [i for i, n in enumerate(t.shape) if n != 1][k]
 
 
 # ---------------------------------------------------------------------------------------------------------------

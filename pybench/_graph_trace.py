@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pybench import _graph_fn_rules as fn_rules
 from pybench import _graph_rules as rules
 
-__all__ = ["TraceError", "function_step", "has_tensor", "module_step", "run_op", "unknown_op"]
+__all__ = ["TraceError", "function_step", "has_tensor", "module_step", "param_view", "run_op", "unknown_op"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -168,6 +168,24 @@ def _conv_shape(m: nn.Module, shape: torch.Size) -> tuple[int, ...]:
                              f"padding {p}, dilation {d}; check example_inputs' shape (image size)")
         spatial.append(n)
     return (shape[0], m.out_channels, *spatial)
+
+
+_VIEWS = {"reshape", "view", "unsqueeze", "squeeze", "flatten", torch.reshape, torch.unsqueeze, torch.squeeze,
+          torch.flatten}
+
+
+def _big(shape: Any) -> list[int]:
+    return [int(n) for n in shape if n != 1]
+
+
+def param_view(kind: str, target: Any, x: Any, out: Any, param: str | None) -> str | None:
+    """``param`` when the op only adds or drops size-1 dims of that parameter (``gamma.reshape(1, -1, 1, 1)``, a
+    layer scale): the result still indexes the parameter's channels, so element-wise rules can slice it."""
+    if param is None or target not in _VIEWS or kind not in ("call_method", "call_function"):
+        return None
+    if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return None
+    return param if _big(x.shape) == _big(out.shape) else None
 
 
 def has_tensor(x: Any) -> bool:

@@ -340,3 +340,28 @@ def test_split_sizes_from_elsewhere_are_kept():
     assert any("splits channels at fixed sizes" in r for r in g.pinned)
     g = pb.trace(nn.Sequential(nn.Conv2d(3, 16, 1), Res2(4, 4)).eval(), torch.randn(1, 3, 4, 4))
     assert any("splits channels at fixed sizes" in r for r in g.pinned)  # width == scale: which one? keep them
+
+
+class LayerScaleBlock(nn.Module):
+    """timm's ConvNeXt block in short: a per-channel gain reshaped to (1, C, 1, 1), then a residual add."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.pw = nn.Conv2d(c, c, 1)
+        self.gamma = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x):
+        return x + self.pw(self.conv(x)).mul(self.gamma.reshape(1, -1, 1, 1))
+
+
+@pytest.mark.parametrize("tracer", ["eager", "fx"])
+def test_a_reshaped_parameter_is_sliced_with_its_channels(tracer):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), LayerScaleBlock(8), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 9, 9)
+    g = pb.trace(m, x, tracer=tracer)
+    assert g.pinned == ["model output"] and [grp.size for grp in g.groups] == [8]
+    assert ("param", "1.gamma", 0) in g.slots
+    pruned, _, _ = assert_apply_equals_mask(m, pb.plan(g, pb.score(m, g, "l1"), ratio=0.5), x)
+    assert pruned[1].gamma.shape == (4,)

@@ -163,6 +163,11 @@ def _shape(t: Any) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
+def nonunit(shape: Any) -> list[int]:
+    """The sizes of ``shape`` other than 1 (what a view that adds or drops size-1 dims keeps)."""
+    return [int(n) for n in shape if n != 1]
+
+
 def arg_at(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
     """Argument ``i`` of a call, or its keyword ``name``, or ``default``."""
     if len(args) > i:
@@ -261,7 +266,7 @@ def _param_dim(ctx: TraceContext, param: str, shape: tuple[int, ...], rank: int,
     t = None if m is None else m._parameters.get(attr, m._buffers.get(attr))
     if t is None:  # its shape is not at hand: the operand is the parameter, right-aligned
         return ax - (len(shape) - rank)
-    if [n for n in shape if n != 1] != [n for n in t.shape if n != 1] or shape[ax] == 1:
+    if nonunit(shape) != nonunit(t.shape) or shape[ax] == 1:
         return None
     k = sum(1 for n in shape[:ax] if n != 1)
     return [i for i, n in enumerate(t.shape) if n != 1][k]

@@ -114,18 +114,7 @@ def _conv_meta(x: torch.Tensor, weight: torch.Tensor, bias: Any = None, stride: 
     if x.ndim != k + 2 or x.shape[1] != weight.shape[1] * groups:
         raise RuntimeError(f"convolution of an input of shape {list(x.shape)} with a weight of shape "
                            f"{list(weight.shape)} and groups={groups}")
-    s, d = _pair(stride, k), _pair(dilation, k)
-    spatial = []
-    for i in range(k):
-        size, ks = x.shape[2 + i], weight.shape[2 + i]
-        if padding == "same":
-            spatial.append(size)
-            continue
-        p = 0 if padding == "valid" else _pair(padding, k)[i]
-        n = (size + 2 * p - d[i] * (ks - 1) - 1) // s[i] + 1
-        if n < 1:
-            raise RuntimeError(f"convolution output would be empty: input size {size}, kernel {ks}")
-        spatial.append(n)
+    spatial = _conv_spatial(x.shape[2:], weight.shape[2:], stride, padding, dilation)
     return _meta_like(x, (x.shape[0], weight.shape[0], *spatial))
 
 
@@ -155,27 +144,31 @@ def _broadcast(a: torch.Size, b: torch.Size) -> tuple[int, ...]:
 
 def _conv_shape(m: nn.Module, shape: torch.Size) -> tuple[int, ...]:
     """Output shape of convolution ``m`` (output padding of transposed convs excluded: those are not pruned here)."""
+    return (shape[0], m.out_channels, *_conv_spatial(shape[2:], m.kernel_size, m.stride, m.padding, m.dilation))
+
+
+def _conv_spatial(sizes: Any, kernel: Any, stride: Any, padding: Any, dilation: Any) -> list[int]:
+    """A convolution's output sizes along its spatial axes (stride, padding, dilation: an int or one per axis, or
+    padding "same" / "valid")."""
+    k = len(sizes)
+    stride, dilation = _pair(stride, k), _pair(dilation, k)
     spatial = []
-    for i, size in enumerate(shape[2:]):
-        k, s, d = m.kernel_size[i], m.stride[i], m.dilation[i]
-        if m.padding == "same":
+    for i, size in enumerate(sizes):
+        ks, st, d = kernel[i], stride[i], dilation[i]
+        if padding == "same":
             spatial.append(size)
             continue
-        p = 0 if m.padding == "valid" else m.padding[i]
-        n = (size + 2 * p - d * (k - 1) - 1) // s + 1
+        p = 0 if padding == "valid" else _pair(padding, k)[i]
+        n = (size + 2 * p - d * (ks - 1) - 1) // st + 1
         if n < 1:
-            raise TraceError(f"convolution output would be empty: input size {size} with kernel {k}, stride {s}, "
+            raise TraceError(f"convolution output would be empty: input size {size} with kernel {ks}, stride {st}, "
                              f"padding {p}, dilation {d}; check example_inputs' shape (image size)")
         spatial.append(n)
-    return (shape[0], m.out_channels, *spatial)
+    return spatial
 
 
 _VIEWS = {"reshape", "view", "unsqueeze", "squeeze", "flatten", torch.reshape, torch.unsqueeze, torch.squeeze,
           torch.flatten}
-
-
-def _big(shape: Any) -> list[int]:
-    return [int(n) for n in shape if n != 1]
 
 
 def param_view(kind: str, target: Any, x: Any, out: Any, param: str | None) -> str | None:
@@ -185,7 +178,7 @@ def param_view(kind: str, target: Any, x: Any, out: Any, param: str | None) -> s
         return None
     if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
         return None
-    return param if _big(x.shape) == _big(out.shape) else None
+    return param if rules.nonunit(x.shape) == rules.nonunit(out.shape) else None
 
 
 def has_tensor(x: Any) -> bool:

@@ -140,13 +140,15 @@ class ChannelGraph:
         labels = labels.astype(np.int64)
         pinned = np.zeros(ncomp, dtype=bool)
         unit_reason = np.full(ncomp, -1, dtype=np.int64)  # per unit: the first reason that pinned it
+        reason_index = {r: i for i, r in enumerate(reasons)}
 
         def pin(comps: np.ndarray, reason: str) -> None:
             fresh = comps[unit_reason[comps] < 0]
             if fresh.size:
-                if reason not in reasons:
+                if reason not in reason_index:
+                    reason_index[reason] = len(reasons)
                     reasons.append(reason)
-                unit_reason[fresh] = reasons.index(reason)
+                unit_reason[fresh] = reason_index[reason]
             pinned[comps] = True
 
         for ids, reason in ctx.pins:

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pybench.planning import PrunePlan
-from pybench.surgery import check_model, slot_keep
+from pybench.surgery import check_model, slot_keep, tensor_named
 
 __all__ = ["mask", "removed_mask"]
 
@@ -39,12 +39,6 @@ def _zero_inputs(m: nn.Module, keep: torch.Tensor) -> None:
     for i in torch.nonzero(drop).flatten().tolist():
         b = i // per_in
         w.data[b * per_out:(b + 1) * per_out, i - b * per_in] = 0
-
-
-def _tensor(model: nn.Module, name: str) -> torch.Tensor:
-    owner, _, attr = name.rpartition(".")
-    m = model.get_submodule(owner)
-    return m._parameters[attr] if attr in m._parameters else m._buffers[attr]
 
 
 def _zero_dim(t: torch.Tensor, dim: int, keep: torch.Tensor) -> None:
@@ -104,7 +98,7 @@ def mask(model: nn.Module, plan: PrunePlan) -> nn.Module:
         for (kind, name, role), keep in slot_keep(plan).items():
             if kind != "module":
                 if (kind, name, role) in plan.graph.consumed:  # a functional conv's / linear's input columns
-                    _zero_dim(_tensor(masked, name), int(role), keep)
+                    _zero_dim(tensor_named(masked, name), int(role), keep)
                 continue
             m = masked.get_submodule(name)
             if role == "in":

@@ -24,7 +24,7 @@ from pybench._clone import clone_module
 from pybench.graph import fingerprint
 from pybench.planning import PrunePlan
 
-__all__ = ["PRUNERS", "Gather", "apply", "check_model", "run_gathers", "slot_keep"]
+__all__ = ["PRUNERS", "Gather", "apply", "check_model", "run_gathers", "slot_keep", "tensor_named"]
 
 Idx = torch.Tensor | None
 
@@ -103,40 +103,28 @@ def prune_conv(m: nn.Module, out_idx: Idx, in_idx: Idx) -> tuple[dict, dict]:
         attrs = {"in_channels": n_in, "out_channels": _n(out_idx, cout), "groups": n_in}
     elif cin == cout:  # grouped with in == out, coupled channel by channel, equal numbers kept per group
         idx = in_idx if in_idx is not None else out_idx
-        new["weight"] = _grouped_weight(m.weight, idx, cin // g, g)
+        new["weight"] = _grouped_weight(m.weight, idx, idx, cin // g, cin // g, g)
         attrs = {"in_channels": int(idx.numel()), "out_channels": int(idx.numel())}
     else:  # grouped, in != out: rows and each group's columns apart, equal numbers kept per group
-        new["weight"] = _grouped_weight_apart(m.weight, out_idx, in_idx, cin // g, cout // g, g)
+        new["weight"] = _grouped_weight(m.weight, out_idx, in_idx, cin // g, cout // g, g)
         attrs = {"in_channels": _n(in_idx, cin), "out_channels": _n(out_idx, cout)}
     if m.bias is not None and out_idx is not None:
         new["bias"] = _g(m.bias, out_idx)
     return {k: v for k, v in new.items() if v is not None}, attrs
 
 
-def _grouped_weight(w: torch.Tensor, idx: torch.Tensor, per: int, groups: int) -> Gather:
-    """Weight of a grouped conv (in == out, channel c in group c // per) keeping channels ``idx`` (sorted, the
-    same number in every group): rows ``idx`` (a gather), and in each row the columns of its own group's kept
-    channels (``then``)."""
-    keep = idx.cpu().numpy()
-    n = keep.size
-    group = keep // per
-    if n % groups or (np.bincount(group, minlength=groups) != n // groups).any():
-        raise ValueError(f"grouped conv: {n} kept channels are not the same number in each of its {groups} groups")
-    cols = torch.from_numpy((keep - group * per).reshape(groups, n // groups)[group])  # (n, kept per group)
-    return Gather(w, idx, None, functools.partial(_own_group_columns, cols))
-
-
-def _grouped_weight_apart(w: torch.Tensor, out_idx: Idx, in_idx: Idx, per_in: int, per_out: int,
-                          groups: int) -> Gather | None:
-    """Weight of a grouped conv whose inputs and outputs prune apart: rows ``out_idx``, and in each row the kept
-    columns of its own group's inputs (``in_idx``: sorted, the same number in every group)."""
+def _grouped_weight(w: torch.Tensor, out_idx: Idx, in_idx: Idx, per_in: int, per_out: int,
+                    groups: int) -> Gather | None:
+    """Weight of a grouped conv (input c in group c // per_in, output r in group r // per_out): rows ``out_idx``
+    (a gather), and in each row the kept columns of its own group's inputs (``in_idx``: sorted, the same number in
+    every group; ``then``). A conv whose in and out channels are coupled passes the same indices twice."""
     if in_idx is None:
         return _g(w, out_idx)
     keep = in_idx.cpu().numpy()
     n = keep.size
     group = keep // per_in
     if n % groups or (np.bincount(group, minlength=groups) != n // groups).any():
-        raise ValueError(f"grouped conv: {n} kept inputs are not the same number in each of its {groups} groups")
+        raise ValueError(f"grouped conv: {n} kept channels are not the same number in each of its {groups} groups")
     rows = np.arange(w.shape[0]) if out_idx is None else out_idx.cpu().numpy()
     cols = torch.from_numpy((keep - group * per_in).reshape(groups, n // groups)[rows // per_out])
     return Gather(w, out_idx, None, functools.partial(_own_group_columns, cols))
@@ -257,7 +245,7 @@ def _apply(model: nn.Module, plan: PrunePlan) -> nn.Module:
         for old, t in replaced:
             memo[id(old)] = _like(old, gathered[t] if isinstance(t, int) else t)
         for (pname, dim), idx in params.items():
-            old = model.get_parameter(pname) if _is_param(model, pname) else model.get_buffer(pname)
+            old = tensor_named(model, pname)
             t = memo[id(old)].data if id(old) in memo else old
             t = gather_dim(t, dim, idx)
             memo[id(old)] = nn.Parameter(t, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else t
@@ -324,9 +312,8 @@ def _set_attributes(m: nn.Module, values: dict[str, Any]) -> None:
             setattr(m, k, v)
 
 
-def _is_param(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_parameter(name)
-        return True
-    except AttributeError:
-        return False
+def tensor_named(model: nn.Module, name: str) -> torch.Tensor:
+    """The parameter or buffer of ``model`` called ``name`` (its qualified name)."""
+    owner, _, attr = name.rpartition(".")
+    m = model.get_submodule(owner)
+    return m._parameters[attr] if attr in m._parameters else m._buffers[attr]

@@ -173,26 +173,25 @@ def _input(args: argparse.Namespace, name: str | None) -> tuple[int, ...]:
 
 
 def _model(args: argparse.Namespace) -> tuple[object, str | None]:
-    """(model, zoo name or None) from a zoo name or a file saved by pybench prune / pb.save / torch.save."""
-    import torch
-
-    from pybench import zoo
+    """(model, zoo name or None) from a zoo name, a model reference or a file saved by pybench prune / pb.save."""
+    from pybench import serialize, zoo
 
     p = Path(args.model)
     if p.is_file():
-        try:
-            from pybench import serialize
-
-            return serialize.load(p), None
-        except ImportError:
-            return torch.load(p, map_location="cpu", weights_only=False), None
+        try:  # only pb.save's format: a whole-module pickle would run code from the file
+            return serialize.load(p, trust=args.trust or ()), None
+        except (ValueError, PermissionError, zoo.MissingExtraError) as e:
+            raise UsageError(str(e)) from None
+        except Exception as e:  # torch.load's unpickling errors come in many types
+            raise UsageError(f"model file {str(p)!r} could not be read as a pybench model file ({type(e).__name__}: "
+                             f"{e}); write it with `pybench prune --output` or pb.save") from None
     try:
         known = zoo.known(args.model)
-    except zoo.MissingExtraError as e:
+    except (zoo.MissingExtraError, zoo.ModelReferenceError) as e:
         raise UsageError(str(e)) from None
     if not known and not args.model.startswith(zoo.TIMM_PREFIX):  # an unknown timm name: create says which exist
         raise UsageError(f"model {args.model!r}: neither a file nor a zoo name (`pybench zoo` lists them; "
-                         "timm:NAME names timm's models)")
+                         "timm:NAME names timm's models, package.module:callable your own builder)")
     try:
         return zoo.create(args.model, num_classes=args.num_classes, weights=args.weights).eval(), args.model
     except (ValueError, FileNotFoundError, TypeError) as e:
@@ -226,12 +225,12 @@ def _prune(args: argparse.Namespace) -> int:
     for reason, n in pins["reasons"]:
         print(f"  {n:>7,}  {reason}")
     if args.output:
-        try:
-            from pybench import serialize
+        from pybench import serialize
 
+        try:
             serialize.save(pruned, args.output)
-        except ImportError:  # pb.save not there yet: a whole-module pickle, read back with torch.load
-            torch.save(pruned, args.output)
+        except ValueError as e:
+            raise UsageError(f"--output {args.output}: {e}") from None
         print(f"wrote {args.output}")
     return EXIT_OK
 
@@ -266,7 +265,10 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a zoo name (`pybench zoo`) or a model file written by `pybench prune`")
+    p.add_argument("model", help="a zoo name (`pybench zoo`), timm:NAME, package.module:callable (your own "
+                   "builder) or a model file written by `pybench prune`")
+    p.add_argument("--trust", action="append", metavar="REF", help="a package.module:callable (or a package) that "
+                   "a model file may name as its builder; repeatable (files naming others are refused)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (zoo models; default theirs)")
     p.add_argument("--weights", help="local state-dict file for a zoo model (pybench never downloads)")
     p.add_argument("--input-size", type=int, nargs="+", metavar="N", help="input size without batch, e.g. 3 32 32")

@@ -9,13 +9,17 @@ The file is a ``torch.save`` of plain data, readable by ``torch.load(weights_onl
 module's size attributes (``in_channels``, ``out_channels``, ``groups``, ``num_features``, ``in_features``,
 ``normalized_shape``...). ``load`` rebuilds the base model, resizes each module to those attributes and to the
 saved tensors' shapes (the timm ``_prune.py`` precedent), then loads the weights strictly.
+
+Loading never imports code the file names: a base model from pybench's registry (zoo names, ``timm:NAME``,
+``pybench.models`` plugins of installed packages) is rebuilt; a ``"module:callable"`` is refused unless the caller
+trusts it by name (``load(path, trust=["mymodels:build_net"])``, or a package: ``trust=["mymodels"]``).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -76,20 +80,19 @@ def save(model: nn.Module, path: str | os.PathLike, spec: dict | str | None = No
     torch.save({"format": FORMAT, "spec": json.dumps(doc), "state_dict": state}, path)
 
 
-def _build_base(base: dict) -> nn.Module:
-    if "name" in base:
-        from pybench import zoo
+def _build_base(path: str | os.PathLike, base: Any, trust: Iterable[str]) -> nn.Module:
+    from pybench import zoo
 
-        model = zoo.create(base["name"], **base["kwargs"])
-    else:
-        module_name, _, attr = base["callable"].partition(":")
-        fn = importlib.import_module(module_name)
-        for part in attr.split("."):
-            fn = getattr(fn, part)
-        model = fn(**base["kwargs"])
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"the base model builder {base} returned {type(model).__name__}, not an nn.Module")
-    return model
+    name = base.get("name", base.get("callable")) if isinstance(base, dict) else None
+    kwargs = base.get("kwargs", {}) if isinstance(base, dict) else None
+    if not isinstance(name, str) or not isinstance(kwargs, dict):
+        raise ValueError(f"{path}: the base model's spec {base!r} is not {{'name': str, 'kwargs': dict}}; the file is "
+                         "damaged or was not written by pb.save")
+    if not zoo.from_registry(name) and not zoo.trusted(name, trust):
+        raise PermissionError(f"{path} names the base-model builder {name!r}, code outside pybench's model registry; "
+                              "loading would import and call it. Load it only if you trust it: "
+                              f"pb.load(path, trust=[{name!r}]) (CLI: --trust {name})")
+    return zoo.create(name, **kwargs)
 
 
 def _resize(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -107,13 +110,21 @@ def _resize(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             owner.register_buffer(attr, empty, persistent=attr not in owner._non_persistent_buffers_set)
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> nn.Module:
-    """Rebuild the model saved by :func:`save` (eval mode); only tensors and JSON are read from the file."""
+def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu",
+         trust: Iterable[str] = ()) -> nn.Module:
+    """Rebuild the model saved by :func:`save` (eval mode); only tensors and JSON are read from the file.
+
+    Args:
+        trust: ``"module:callable"`` builders (or packages above them) that the file may name; any other
+            builder outside pybench's model registry raises PermissionError instead of being imported.
+    """
+    if isinstance(trust, str):
+        trust = (trust,)
     blob = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a pybench pruned-model file (expected format {FORMAT!r})")
     doc = json.loads(blob["spec"])
-    model = _build_base(doc["base"])
+    model = _build_base(path, doc["base"], trust)
     modules = dict(model.named_modules())
     for name, entry in doc["modules"].items():
         m = modules.get(name)
@@ -125,5 +136,6 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu
             setattr(m, k, tuple(v) if isinstance(v, list) else v)
     _resize(model, blob["state_dict"])
     model.load_state_dict(blob["state_dict"], strict=True)
-    model.pybench_spec = doc["base"] if "name" in doc["base"] else None
+    model.pybench_spec = {"name": doc["base"].get("name", doc["base"].get("callable")),
+                          "kwargs": doc["base"]["kwargs"]}
     return model.eval()

@@ -208,10 +208,11 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
         try:
             if not (isinstance(name, str) and zoo.known(name)):
                 unknown.append(name)
-        except zoo.MissingExtraError as e:
+        except (zoo.MissingExtraError, zoo.ModelReferenceError) as e:
             raise SuiteError(f"{where}: key 'models' has {name!r}: {e}") from None
     if unknown:
-        _allowed(where, "models", unknown, zoo.names(), " (pybench zoo lists them; timm:NAME names timm's models)")
+        _allowed(where, "models", unknown, zoo.names(), " (pybench zoo lists them; timm:NAME names timm's models, "
+                 "package.module:callable your own builder)")
     for lv in m["levels"]:
         if isinstance(lv, bool) or not isinstance(lv, (int, float)) or not 0 <= lv < 1:
             raise SuiteError(f"{where}: key 'levels' has {lv!r}; allowed values: numbers in [0, 1) (the fraction "

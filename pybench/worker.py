@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -92,7 +93,8 @@ class _Context:
             return self._dense[key]
         torch.manual_seed(cfg["seed"])  # the random init is part of the cell's definition
         model = zoo.create(cfg["model"], num_classes=mc["num_classes"], weights=mc["weights"], **mc["kwargs"])
-        path = self.cache / f"dense-{cfg['model']}-{key}.pt"
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg["model"])  # timm:NAME, module:callable, plugin names
+        path = self.cache / f"dense-{safe}-{key}.pt"
         info: dict[str, Any] = {"trained": False}
         if path.exists():
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

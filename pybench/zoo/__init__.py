@@ -8,7 +8,9 @@
 Names: every ``torchvision.models.list_models(module=torchvision.models)`` classifier (random init, torchvision's
 ``weights=None``), plus ``cifar_resnet20/32/56/110``, ``cifar_vgg16``, ``mobilenet_v1`` and ``xor_mlp``, and
 ``timm:NAME`` for any of timm's models (the ``[timm]`` extra; random init, never downloaded; not listed by
-:func:`names`, which would mean a thousand more).
+:func:`names`, which would mean a thousand more), the models installed packages ship under the ``pybench.models``
+entry-point group (listed), and ``package.module:callable`` for the user's own builder (a function or an
+``nn.Module`` class; imported from the installed packages or the working folder).
 
 Weights only ever come from a local file (``weights="path/to/state_dict.pt"``), never from a download.
 Each model carries ``model.pybench_spec = {"name": ..., "kwargs": {...}}`` (JSON-able, with ``num_classes``
@@ -29,9 +31,11 @@ import torch
 from torch import nn
 
 from . import cifar_resnet, cifar_vgg, mobilenet_v1, xor_mlp  # noqa: F401  (importing registers them)
-from ._registry import TIMM_PREFIX, Entry, MissingExtraError, all_names, get, known
+from ._references import PLUGIN_GROUP, trusted
+from ._registry import TIMM_PREFIX, Entry, MissingExtraError, ModelReferenceError, all_names, from_registry, get, known
 
-__all__ = ["MissingExtraError", "TIMM_PREFIX", "create", "known", "names", "input_size", "load_weights"]
+__all__ = ["MissingExtraError", "ModelReferenceError", "PLUGIN_GROUP", "TIMM_PREFIX", "create", "from_registry",
+           "known", "names", "input_size", "load_weights", "trusted"]
 
 
 def names() -> list[str]:
@@ -95,7 +99,9 @@ def create(name: str, num_classes: int | None = None, weights: str | os.PathLike
     entry = _entry(name)
     if num_classes is None:
         num_classes = entry.default_num_classes
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if num_classes is None and entry.family in ("reference", "plugin"):
+        pass  # a user builder without num_classes
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"zoo: num_classes must be a positive int, got {num_classes!r}")
     spec_kwargs = _resolved_kwargs(name, entry, num_classes, kwargs)
     try:

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["Entry", "MissingExtraError", "TIMM_PREFIX", "register", "get", "known", "all_names"]
+from ._references import ModelReferenceError, is_reference, plugin_builders, plugin_entry, reference_entry
+
+__all__ = ["Entry", "MissingExtraError", "ModelReferenceError", "TIMM_PREFIX", "register", "get", "known",
+           "from_registry", "all_names"]
 
 Builder = Callable[..., nn.Module]
 
@@ -24,12 +27,12 @@ class Entry:
     name: str
     builder: Builder
     input_size: tuple[int, ...]
-    default_num_classes: int
+    default_num_classes: int | None  # None: the builder takes no num_classes
     family: str
 
 
 _ENTRIES: dict[str, Entry] = {}
-_TIMM: dict[str, Entry | None] = {}
+_OTHERS: dict[str, Entry | None] = {}  # timm:NAME and package.module:callable, resolved once
 _torchvision_loaded = False
 
 
@@ -84,23 +87,36 @@ def _timm_entry(name: str) -> Entry | None:
 
 
 def get(name: str) -> Entry | None:
-    """The entry for ``name``, or None if no such model exists (``timm:NAME`` names timm's models; raises
-    :class:`MissingExtraError` when timm is not installed)."""
+    """The entry for ``name``, or None if no such model exists.
+
+    ``timm:NAME`` names timm's models (raises :class:`MissingExtraError` when timm is not installed); a
+    ``package.module:callable`` reference imports its module (raises :class:`ModelReferenceError` when it does not
+    import or names no callable); a ``pybench.models`` entry point of an installed package is loaded by its name.
+    """
     if name not in _ENTRIES:
-        if name.startswith(TIMM_PREFIX):  # cached apart: names() lists the registered models only
-            if name not in _TIMM:
-                _TIMM[name] = _timm_entry(name)
-            return _TIMM[name]
+        if name.startswith(TIMM_PREFIX) or is_reference(name):  # cached apart: names() lists registered models
+            if name not in _OTHERS:
+                _OTHERS[name] = _timm_entry(name) if name.startswith(TIMM_PREFIX) else reference_entry(name)
+            return _OTHERS[name]
         _ensure_torchvision()
+        if name not in _ENTRIES and name in plugin_builders():
+            _ENTRIES[name] = plugin_entry(name)
     return _ENTRIES.get(name)
 
 
 def known(name: str) -> bool:
-    """Whether ``name`` is a zoo model: a registered name or an existing ``timm:NAME``."""
+    """Whether ``name`` is a zoo model: a registered name, a plugin, an existing ``timm:NAME`` or an importable
+    ``package.module:callable``."""
     return get(name) is not None
 
 
+def from_registry(name: str) -> bool:
+    """Whether ``name`` resolves without importing code a file could name: a registered zoo name, a plugin of an
+    installed package, or ``timm:NAME`` -- never a ``package.module:callable`` reference."""
+    return isinstance(name, str) and not is_reference(name)
+
+
 def all_names() -> list[str]:
-    """Every registered name, sorted."""
+    """Every registered name and installed plugin, sorted."""
     _ensure_torchvision()
-    return sorted(_ENTRIES)
+    return sorted({*_ENTRIES, *plugin_builders()})

@@ -377,7 +377,7 @@ def _module_getattr(m: nn.Module, name: str) -> Any:
 
 def _is_leaf(m: nn.Module) -> bool:
     """fx's rule (torch.nn's own modules but containers), plus every LayerNorm (torchvision's LayerNorm2d)."""
-    if isinstance(m, nn.LayerNorm):
+    if isinstance(m, nn.LayerNorm) or rules.named_leaf(m):
         return True
     mod = type(m).__module__
     return (mod.startswith("torch.nn") or mod.startswith("torch.ao.nn")) and not isinstance(m, nn.Sequential)

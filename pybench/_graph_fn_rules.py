@@ -33,6 +33,7 @@ from pybench._graph_rules import (
     _at_axis,
     _shape,
     arg_at,
+    couple_across,
     elementwise,
     identity,
     is_symbolic,
@@ -301,20 +302,30 @@ def _split_sizes_follow(ctx, where, args, kwargs, d, dim, n, out) -> bool:
     if m is None or not isinstance(sizes, (int, list, tuple)) or isinstance(sizes, bool):
         return False
     want = sizes if isinstance(sizes, int) else [int(v) for v in sizes]
-    attrs = [k for k, v in vars(m).items() if not k.startswith("_") and not isinstance(v, bool) and
-             (v == want if isinstance(want, int) else isinstance(v, (list, tuple)) and list(v) == want)]
+    equal = isinstance(want, int)
+    if equal and n % want:
+        return False
+    mode = "part" if equal else "sizes"
+    attrs = _attrs_equal(m, want)
+    if not attrs and equal:  # x.split(self.in_channels // self.num_paths): the attribute is the whole (timm's SK)
+        mode, attrs = "total", _attrs_equal(m, n)
+        if len(attrs) > 1:  # in_channels == out_channels: the split is of the input
+            attrs = [a for a in attrs if a.startswith("in")]
     if len(attrs) != 1:
         return False
     ids = along(d, dim, n)
     sizes_out = [int(o.shape[dim]) for o in out]
-    equal = isinstance(want, int)
-    if equal and n % want:
-        return False
     # every part loses the same share (cells of the parts' gcd each lose as many), so none is emptied
     cell = want if equal else math.gcd(*sizes_out)
     ctx.block(ids, n // cell, f"{where}: splits channels into parts of {scope}.{attrs[0]}")
-    ctx.resizes.append((scope, attrs[0], ids, np.cumsum([0, *sizes_out]).tolist(), equal))
+    ctx.resizes.append((scope, attrs[0], ids, np.cumsum([0, *sizes_out]).tolist(), mode))
     return True
+
+
+def _attrs_equal(m: Any, want: int | list[int]) -> list[str]:
+    """The public attributes of module ``m`` equal to ``want`` (an int, or a list / tuple of ints)."""
+    return [k for k, v in vars(m).items() if not k.startswith("_") and not isinstance(v, bool) and
+            (v == want if isinstance(want, int) else isinstance(v, (list, tuple)) and list(v) == want)]
 
 
 def reduce_fn(ctx, where, args, kwargs, ds, kds, out, params):
@@ -329,7 +340,8 @@ def reduce_fn(ctx, where, args, kwargs, ds, kds, out, params):
         axes = [int(a) % x.ndim for a in dim]
     else:
         axes = [int(dim) % x.ndim]
-    if not require_constant(ctx, d, axes, f"{where}: reduces over channels"):
+    d = couple_across(ctx, d, axes, f"{where}: reduces over channels")
+    if d is None:
         return None
     res = d if keepdim else np.squeeze(d, axis=tuple(axes))
     if isinstance(out, (tuple, list)):  # max/min with dim -> (values, indices)
@@ -369,9 +381,7 @@ def softmax_fn(ctx, where, args, kwargs, ds, kds, out, params):
     if d is None:
         return None
     dim = int(arg_at(args, kwargs, 1, "dim", -1)) % d.ndim
-    if not require_constant(ctx, d, [dim], f"{where}: normalises across channels"):
-        return None
-    return d
+    return couple_across(ctx, d, [dim], f"{where}: normalises across channels")
 
 
 def spatial_fn(ctx, where, args, kwargs, ds, kds, out, params):

@@ -29,8 +29,8 @@ class _Tracer(torch.fx.Tracer):
     """torch.fx's tracer with its per-node bookkeeping cut to what :func:`trace` reads (a quarter of its time)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, nn.LayerNorm):  # also torchvision's LayerNorm2d, whose forward permutes around F.layer_norm
-            return True
+        if isinstance(m, nn.LayerNorm) or rules.named_leaf(m):  # also torchvision's LayerNorm2d, whose forward
+            return True  # permutes around F.layer_norm; timm's GRN
         return super().is_leaf_module(m, qualname)
 
     def create_arg(self, a: Any) -> Any:

@@ -51,8 +51,8 @@ class TraceContext:
         self.node: Any = None  # the fx node a rule is looking at
         self.modules = modules or {}  # the traced model's modules by name (functional rules find their owners)
         self.consumed: set[tuple] = set()  # ("param", name, dim) slots that read channels (mask zeroes them)
-        # split sizes held by a module attribute, rewritten by surgery: (module, attribute, ids, part bounds, equal)
-        self.resizes: list[tuple[str, str, np.ndarray, list[int], bool]] = []
+        # split sizes held by a module attribute, rewritten by surgery: (module, attribute, ids, part bounds, mode)
+        self.resizes: list[tuple[str, str, np.ndarray, list[int], str]] = []  # mode: part / sizes / total
 
     def space(self, owner: str, size: int) -> np.ndarray:
         """The ids of ``owner``'s output channels (the same ids on every call of a shared module)."""
@@ -198,6 +198,24 @@ def require_constant(ctx: TraceContext, d: np.ndarray | None, axes: list[int], r
         ctx.pin(d, reason)
         return False
     return True
+
+
+def couple_across(ctx: TraceContext, d: np.ndarray | None, axes: list[int], reason: str) -> np.ndarray | None:
+    """For an op that mixes positions along ``axes`` only (softmax over SK's path axis, a sum over stacked branches):
+    ``d`` with its ids at equal positions off ``axes`` made one channel, so that a channel goes from every position
+    along ``axes`` at once and their count never changes (the op stays exact); the first slice along ``axes`` is
+    returned (size 1 there). Channels that vary along ``axes`` alone (softmax over the channel axis itself), or that
+    meet untracked positions there, are pinned: None."""
+    d = compress(d)
+    if d is None or not any(d.shape[a] > 1 for a in axes):
+        return None if d is None else d[tuple(slice(0, 1) if a in axes else slice(None) for a in range(d.ndim))]
+    off = [a for a in range(d.ndim) if a not in axes and d.shape[a] > 1]
+    if not off or (d < 0).any():
+        ctx.pin(d, reason)
+        return None
+    first = d[tuple(slice(0, 1) if a in axes else slice(None) for a in range(d.ndim))]
+    ctx.union(np.broadcast_to(first, d.shape), d, reason)
+    return first
 
 
 def elementwise(ctx: TraceContext, where: str, operands: list[tuple[Any, np.ndarray | None, str | None]],
@@ -391,7 +409,27 @@ def _has_channel_params(m: nn.Module, n: int) -> bool:
 def _norm_axes(m: nn.Module, ndim: int, kind: str) -> list[int]:
     if kind == "layer_norm":
         return list(range(ndim - len(m.normalized_shape), ndim))
+    if kind == "grn":
+        return [m.channel_dim % ndim]
     return [1]
+
+
+def is_grn(m: nn.Module) -> bool:
+    """timm's GlobalResponseNorm (ConvNeXt-V2): known by its class name and attributes, so timm is not imported."""
+    return type(m).__name__ == "GlobalResponseNorm" and all(
+        hasattr(m, a) for a in ("weight", "bias", "eps", "channel_dim", "spatial_dim"))
+
+
+def grn_rule(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, d: np.ndarray | None,
+             out: torch.Tensor) -> np.ndarray | None:
+    """GRN's mean over channels is a reducer, like LayerNorm's: pruned, it averages the kept channels, and pb.mask
+    switches it to a variant that does the same; gamma / beta are its per-channel parameters."""
+    return per_channel_rule(axis=m.channel_dim % out.ndim, reducer="grn")(ctx, name, m, x, d, out)
+
+
+def named_leaf(m: nn.Module) -> bool:
+    """Modules outside torch.nn that the tracers keep whole, because a rule knows them (their forward would pin)."""
+    return is_grn(m)
 
 
 def layer_norm_rule(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, d: np.ndarray | None,
@@ -460,9 +498,7 @@ def softmax_module_rule(ctx, name, m, x, d, out):
     if d is None:
         return None
     dim = m.dim if m.dim is not None else 1
-    if not require_constant(ctx, d, [dim % d.ndim], f"{name} (Softmax): normalises across channels"):
-        return None
-    return d
+    return couple_across(ctx, d, [dim % d.ndim], f"{name} (Softmax): normalises across channels")
 
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
@@ -490,6 +526,8 @@ MODULE_RULES: list[tuple[type | tuple[type, ...], Rule]] = [
 
 
 def module_rule(m: nn.Module) -> Rule | None:
+    if is_grn(m):
+        return grn_rule
     for types, rule in MODULE_RULES:
         if isinstance(m, types):
             return rule

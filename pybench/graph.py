@@ -237,9 +237,9 @@ class ChannelGraph:
         self.pinned = reasons
         self.unit_reason = unit_reason
         # split sizes to rewrite: (module, attribute, unit label of each split channel (-1: untracked), part
-        # bounds, whether every part has the same size)
-        self.resizes = [(mod, attr, np.where(ids >= 0, labels[np.maximum(ids, 0)], -1), bounds, equal)
-                        for mod, attr, ids, bounds, equal in ctx.resizes]
+        # bounds, mode: "part" (one size for every part), "sizes" (a list), "total" (the whole, split evenly))
+        self.resizes = [(mod, attr, np.where(ids >= 0, labels[np.maximum(ids, 0)], -1), bounds, mode)
+                        for mod, attr, ids, bounds, mode in ctx.resizes]
         # per slot: unit label of each index (-1: untracked), all slots in one pass
         if self._slot_ids:
             ids = np.concatenate(list(self._slot_ids.values()))

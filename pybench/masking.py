@@ -3,9 +3,10 @@
 "Zeroed where consumed": a removed channel may still be computed (its filter, BN, bias and residual additions stay),
 but every layer that reads channels -- a conv's or linear's input columns, a functional conv's weight dim 1 --
 ignores it (zero weights), so nothing it holds reaches a kept output. Layers that normalise *across* channels
-(LayerNorm over C, GroupNorm) would still see it; they are switched to a masked variant of their own class that
-normalises over the kept channels only and outputs 0 for the removed ones. Channels the graph pins (model outputs,
-unknown ops) are never removed, so no other consumer exists. The result is the oracle for :func:`pybench.apply`.
+(LayerNorm over C, GroupNorm, timm's GlobalResponseNorm) would still see it; they are switched to a masked
+variant of their own class that normalises over the kept channels only and outputs 0 for the removed ones.
+Channels the graph pins (model outputs, unknown ops) are never removed, so no other consumer exists. The result
+is the oracle for :func:`pybench.apply`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def _zero_dim(t: torch.Tensor, dim: int, keep: torch.Tensor) -> None:
 def _masked_forward(kind: str) -> Callable:
     def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         keep = self._pb_keep.to(x.device)
+        if kind == "grn":
+            return _masked_grn(self, x, keep)
         axis = -1 if kind == "layer_norm" else 1
         xs = x.index_select(axis, keep)
         w = None if self.weight is None else self.weight.index_select(0, keep)
@@ -67,6 +70,19 @@ def _masked_forward(kind: str) -> Callable:
         return out.index_copy(axis if axis >= 0 else x.dim() - 1, keep, y)
 
     return forward
+
+
+def _masked_grn(m: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """timm's GlobalResponseNorm over the kept channels only (its mean over channels counts those), 0 elsewhere."""
+    axis = m.channel_dim % x.dim()
+    xs = x.index_select(axis, keep)
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    x_g = xs.norm(p=2, dim=m.spatial_dim, keepdim=True)
+    x_n = x_g / (x_g.mean(dim=axis, keepdim=True) + m.eps)
+    y = xs + torch.addcmul(m.bias.index_select(0, keep).view(shape), m.weight.index_select(0, keep).view(shape),
+                           xs * x_n)
+    return torch.zeros_like(x).index_copy(axis, keep, y)
 
 
 _MASKED_CLASSES: dict[tuple[type, str], type] = {}

@@ -57,7 +57,8 @@ def _attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
     out = {}
     for name, m in model.named_modules():
         names = (*SIZE_ATTRS, *getattr(m, "_pybench_size_attrs", ()))  # + split sizes surgery rewrote
-        values = {a: getattr(m, a) for a in names if isinstance(getattr(m, a, None), (int, tuple, list))}
+        # instance attributes only: a property (timm's ConvNormAct.in_channels) follows what it reads
+        values = {a: m.__dict__[a] for a in names if isinstance(m.__dict__.get(a), (int, tuple, list))}
         if values:
             out[name] = {"type": type(m).__name__,
                          "attrs": {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}

@@ -175,6 +175,11 @@ def prune_prelu(m: nn.PReLU, out_idx: Idx, in_idx: Idx) -> tuple[dict, dict]:
     return _per_channel(m, out_idx, ("weight",)), {"num_parameters": int(out_idx.numel())}
 
 
+def prune_affine(m: nn.Module, out_idx: Idx, in_idx: Idx) -> tuple[dict, dict]:
+    """A per-channel layer with ``weight`` / ``bias`` and no size attribute (timm's GlobalResponseNorm)."""
+    return _per_channel(m, out_idx, ("weight", "bias")), {}
+
+
 def gather_dim(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
     """``t`` keeping ``idx`` along ``dim`` (channel_gather for dims 0 / 1, index_select beyond)."""
     if dim == 0:
@@ -258,20 +263,21 @@ def _apply(model: nn.Module, plan: PrunePlan) -> nn.Module:
 
 
 def _rewrite_split_sizes(model: nn.Module, plan: PrunePlan, memo: dict[int, Any]) -> None:
-    """Split sizes held by module attributes (MixedConv2d.splits, Res2Net's width) become the kept channels of each
-    part; the attribute's name joins the copy's ``_pybench_size_attrs`` so that pb.save keeps it."""
+    """Split sizes held by module attributes (MixedConv2d.splits, Res2Net's width, SK's in_channels) become the kept
+    channels of each part (or of the whole); the attribute's name joins the copy's ``_pybench_size_attrs`` so that
+    pb.save keeps it."""
     removed = plan.removed_units()
-    for mod, attr, labels, bounds, equal in plan.graph.resizes:
+    for mod, attr, labels, bounds, mode in plan.graph.resizes:
         kept = [int(((labels[a:b] < 0) | ~removed[np.maximum(labels[a:b], 0)]).sum())
                 for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         copy = memo[id(model.get_submodule(mod))]
         old = getattr(copy, attr)
-        if equal:
+        if mode == "sizes":
+            value: Any = type(old)(kept)
+        else:  # one size for every part: the part's ("part") or the whole's, split evenly in forward ("total")
             if len(set(kept)) != 1:
                 raise ValueError(f"{mod}.{attr}: parts of one split size keep {kept} channels (not all equal)")
-            value: Any = kept[0]
-        else:
-            value = type(old)(kept)
+            value = kept[0] if mode == "part" else sum(kept)
         copy.__dict__[attr] = value
         copy.__dict__["_pybench_size_attrs"] = tuple(sorted({*copy.__dict__.get("_pybench_size_attrs", ()), attr}))
 
@@ -288,6 +294,8 @@ def _pruner(name: str, m: nn.Module) -> Pruner:
     pruner = PRUNERS.get(type(m))
     if pruner is None:
         pruner = next((fn for t, fn in PRUNERS.items() if isinstance(m, t)), None)
+    if pruner is None and type(m).__name__ == "GlobalResponseNorm":  # timm's, known without importing timm
+        pruner = prune_affine
     if pruner is None:
         raise NotImplementedError(f"{name} ({type(m).__name__}): no pruning function registered")
     return pruner

@@ -365,3 +365,89 @@ def test_a_reshaped_parameter_is_sliced_with_its_channels(tracer):
     assert ("param", "1.gamma", 0) in g.slots
     pruned, _, _ = assert_apply_equals_mask(m, pb.plan(g, pb.score(m, g, "l1"), ratio=0.5), x)
     assert pruned[1].gamma.shape == (4,)
+
+
+class GlobalResponseNorm(nn.Module):
+    """timm's GRN (ConvNeXt-V2), as timm writes it: a mean over the channels of each channel's spatial L2 norm."""
+
+    def __init__(self, dim: int, channels_last: bool) -> None:
+        super().__init__()
+        self.eps = 1e-6
+        self.spatial_dim, self.channel_dim, self.wb_shape = ((1, 2), -1, (1, 1, 1, -1)) if channels_last else \
+            ((2, 3), 1, (1, -1, 1, 1))
+        self.weight = nn.Parameter(torch.randn(dim))
+        self.bias = nn.Parameter(torch.randn(dim))
+
+    def forward(self, x):
+        x_g = x.norm(p=2, dim=self.spatial_dim, keepdim=True)
+        x_n = x_g / (x_g.mean(dim=self.channel_dim, keepdim=True) + self.eps)
+        return x + torch.addcmul(self.bias.view(self.wb_shape), self.weight.view(self.wb_shape), x * x_n)
+
+
+class GrnMlp(nn.Module):
+    """ConvNeXt-V2's MLP: fc1 -> GELU -> GRN -> fc2, channels-last (Linear) or channels-first (1x1 conv)."""
+
+    def __init__(self, c: int, hidden: int, channels_last: bool) -> None:
+        super().__init__()
+        self.channels_last = channels_last
+        lin = nn.Linear if channels_last else (lambda i, o: nn.Conv2d(i, o, 1))
+        self.fc1, self.grn, self.fc2 = lin(c, hidden), GlobalResponseNorm(hidden, channels_last), lin(hidden, c)
+
+    def forward(self, x):
+        y = x.permute(0, 2, 3, 1) if self.channels_last else x
+        y = self.fc2(self.grn(F.gelu(self.fc1(y))))
+        return x + (y.permute(0, 3, 1, 2) if self.channels_last else y)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("tracer", ["eager", "fx"])
+def test_grn_channels_prune_with_gamma_and_beta(tracer, channels_last):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), GrnMlp(8, 16, channels_last), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 9, 9)
+    g = pb.trace(m, x, tracer=tracer)
+    assert g.pinned == ["model output"] and sorted(grp.size for grp in g.groups) == [8, 16]
+    assert g.reducers == {"1.grn": "grn"}  # pb.mask normalises over the kept channels, as the pruned GRN does
+    pruned, masked, _ = assert_apply_equals_mask(m, pb.plan(g, pb.score(m, g, "l1"), ratio=0.5), x)
+    assert pruned[1].grn.weight.shape == pruned[1].grn.bias.shape == (8,)
+    assert (pruned[1].fc1.out_features if channels_last else pruned[1].fc1.out_channels) == 8
+    assert type(masked[1].grn).__name__ == "MaskedGlobalResponseNorm"
+
+
+class SelectiveKernel(nn.Module):
+    """timm's SK unit in short: the input split evenly over the paths by ``in_channels // num_paths``, the paths
+    stacked, a softmax over the path axis of a 1x1 conv's output viewed (paths, channels), a weighted sum."""
+
+    def __init__(self, cin: int, cout: int, paths: int = 2) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.num_paths = cin, cout, paths
+        self.paths = nn.ModuleList(nn.Sequential(nn.Conv2d(cin // paths, cout, 3, padding=1 + i, dilation=1 + i),
+                                                 nn.BatchNorm2d(cout), nn.ReLU()) for i in range(paths))
+        self.fc_reduce, self.fc_select = nn.Conv2d(cout, 4, 1), nn.Conv2d(4, cout * paths, 1)
+
+    def forward(self, x):
+        parts = torch.split(x, self.in_channels // self.num_paths, 1)
+        x = torch.stack([op(p) for op, p in zip(self.paths, parts, strict=True)], dim=1)
+        a = self.fc_select(self.fc_reduce(x.sum(1).mean((2, 3), keepdim=True)).relu())
+        b, c, h, w = a.shape
+        a = torch.softmax(a.view(b, self.num_paths, c // self.num_paths, h, w), dim=1)
+        return (x * a).sum(dim=1)
+
+
+def test_split_attention_prunes_inside_the_paths_and_rewrites_the_split():
+    torch.manual_seed(0)  # eager only: torch.fx cannot iterate the split's parts (a Proxy), as for timm's own SK
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), SelectiveKernel(8, 8), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 9, 9)
+    g = pb.trace(m, x)
+    assert g.pinned == ["model output"], g.pinned
+    assert sorted(grp.size for grp in g.groups) == [4, 8, 8]  # fc_reduce; SK's input (blocked in halves); output
+    pruned, _, _ = assert_apply_equals_mask(m, pb.plan(g, pb.score(m, g, "l1"), ratio=0.5), x)
+    sk = pruned[1]
+    assert sk.in_channels == 4 and [p[0].in_channels for p in sk.paths] == [2, 2]  # the split's size follows
+    assert sk.fc_select.out_channels == 8 and [p[0].out_channels for p in sk.paths] == [4, 4]
+
+
+def test_softmax_over_the_channel_axis_itself_stays_pinned():
+    m = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Softmax(dim=1), nn.Conv2d(8, 4, 1)).eval()
+    g = pb.trace(m, torch.randn(1, 3, 4, 4))
+    assert any("normalises across channels" in r for r in g.pinned) and not g.groups

@@ -93,3 +93,20 @@ def test_split_models_prune_inside_their_parts_and_round_trip_through_save(name,
     with torch.no_grad():
         torch.testing.assert_close(back(x), pruned(x))
         torch.testing.assert_close(pruned(x), pb.mask(m, plan)(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["timm:convnextv2_atto", "timm:skresnet18"])
+def test_grn_and_split_attention_models_prune_everything_but_the_output(name, tmp_path):
+    """ConvNeXt-V2's GlobalResponseNorm (gamma / beta, a mean over channels) and SKNet's selective-kernel attention
+    (input split by in_channels // num_paths, softmax over the paths) no longer pin their channels."""
+    torch.manual_seed(0)
+    m = pb.zoo.create(name, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    pruned, plan = pb.prune(m, x, ratio=0.5)
+    assert [r for r, _ in plan.pinned] == ["model output"], plan.pinned
+    assert sum(p.numel() for p in pruned.parameters()) < 0.35 * sum(p.numel() for p in m.parameters())
+    pb.save(pruned, tmp_path / "p.pt")
+    back = pb.load(tmp_path / "p.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), pb.mask(m, plan)(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(back(x), pruned(x))

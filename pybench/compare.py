@@ -118,6 +118,10 @@ def compare(a: str | os.PathLike | Any, b: str | os.PathLike | Any, labels: tupl
     db = b if hasattr(b, "columns") else results.load(b)
     oa, ob = _ok(da), _ok(db)
     common = [c for c in oa.index if c in ob.index]
+    if not common:
+        raise NothingComparedError(f"compare: the two runs have no ok cell in common ({len(oa)} and {len(ob)} ok "
+                                   "cells): they measured different suites or different cells; compare runs of the "
+                                   "same suite")
     rows = []
     for cid in common:
         ra, rb = oa.loc[cid], ob.loc[cid]
@@ -144,6 +148,7 @@ class CheckResult:
 
     threshold: float
     compared: int
+    machines: tuple[str, str] = ("", "")  # (run, baseline): hostname, CPU, GPU, torch
     regressions: list[dict[str, Any]] = field(default_factory=list)
     noisy: list[dict[str, Any]] = field(default_factory=list)
     failed_cells: list[dict[str, Any]] = field(default_factory=list)
@@ -157,7 +162,8 @@ class CheckResult:
         from tabulate import tabulate
 
         t = f"{self.threshold:.1%}"
-        out = [f"# pybench check: threshold {t}, {self.compared} cell(s) compared", ""]
+        out = [f"# pybench check: threshold {t}, {self.compared} cell(s) compared", "",
+               f"run: {self.machines[0]}  ", f"baseline: {self.machines[1]}", ""]
         if self.regressions:
             out += [f"## {len(self.regressions)} regression(s)", "",
                     tabulate(self.regressions, headers="keys", tablefmt="github", floatfmt=".4g"), ""]
@@ -177,21 +183,47 @@ class CheckResult:
         return "\n".join(out)
 
 
+def _machine(df: Any) -> tuple[Any, ...]:
+    """What makes two runs' timings comparable: the host, its CPU model and its GPUs."""
+    if not len(df):
+        return ()
+    r = df.iloc[0]
+    return tuple(v if isinstance(v, str) else None for v in (r.get(k) for k in ("hostname", "cpu_model", "gpu")))
+
+
+class NothingComparedError(ValueError):
+    """A check or comparison that matched no cell: it cannot pass (another suite's baseline, every id changed)."""
+
+
+class ForeignBaselineError(ValueError):
+    """A baseline measured on another machine than the run (host, CPU model or GPU differ)."""
+
+
 def check(run: str | os.PathLike | Any, baseline: str | os.PathLike | Any, threshold: float = 0.05,
-          metrics: list[str] | None = None) -> CheckResult:
+          metrics: list[str] | None = None, allow_foreign_baseline: bool = False) -> CheckResult:
     """Regressions of ``run`` against ``baseline``: a metric worse by more than ``threshold`` (relative; for top1
-    absolute, in accuracy fraction) on a cell whose noise in both runs is within ``threshold``."""
-    if not threshold > 0:
-        raise ValueError(f"check: threshold must be > 0 (e.g. 0.05 for 5%), got {threshold!r}")
+    absolute, in accuracy fraction) on a cell whose noise in both runs is within ``threshold``.
+
+    Raises :class:`ForeignBaselineError` when the baseline comes from another machine (unless
+    ``allow_foreign_baseline``) and :class:`NothingComparedError` when no baseline cell is in the run: a gate that
+    compared nothing must not pass.
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"check: threshold must be a fraction in (0, 1) (e.g. 0.05 for 5%), got {threshold!r}")
     metrics = metrics or list(CHECK_METRICS)
     bad = [m for m in metrics if m not in CHECK_METRICS]
     if bad:
         raise ValueError(f"check: unknown metric(s) {', '.join(bad)}; allowed: {', '.join(CHECK_METRICS)}")
     dr = run if hasattr(run, "columns") else results.load(run)
     db = baseline if hasattr(baseline, "columns") else results.load(baseline)
+    machines = (_host(dr), _host(db))
+    if _machine(dr) and _machine(db) and _machine(dr) != _machine(db) and not allow_foreign_baseline:
+        raise ForeignBaselineError(f"check: the baseline was measured on another machine (run: {machines[0]}; "
+                                   f"baseline: {machines[1]}); timings do not compare across machines. Use a "
+                                   "baseline from this machine, or pass --allow-foreign-baseline")
     base = _ok(db)
     cur_all = dr.drop_duplicates("cell_id", keep="last").set_index("cell_id")
-    res = CheckResult(threshold=threshold, compared=0)
+    res = CheckResult(threshold=threshold, compared=0, machines=machines)
     for cid, rb in base.iterrows():
         if cid not in cur_all.index:
             res.missing.append(cid)
@@ -220,4 +252,9 @@ def check(run: str | os.PathLike | Any, baseline: str | os.PathLike | Any, thres
             if worse > threshold:
                 shown = f"{change:+.1%}" if kind == "relative" else f"{change * 100:+.1f} pts"
                 res.regressions.append({**label, "metric": m, "baseline": vb, "run": vr, "change": shown})
+    if res.compared == 0 and not res.failed_cells:
+        raise NothingComparedError(f"check: no cell of the run matches an ok cell of the baseline ({len(base)} ok "
+                                   f"baseline cell(s), {len(cur_all)} run cell(s)): nothing was compared, so "
+                                   "nothing passed. Is the baseline another suite's, or did a suite edit change "
+                                   "every cell id? Make a new baseline from this suite")
     return res

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,7 +263,66 @@ def run(suite: Suite, out: str | os.PathLike | None = None, *, resume: bool = Fa
         raise SuiteError(f"--out {folder} already holds a run; add --resume to continue it, or give a new --out")
     if resume and not folder.exists():
         raise SuiteError(f"--resume: {folder} does not exist; start the run without --resume")
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise SuiteError(f"--out {folder} is a file, not a folder; give a folder for the run")
+    _check_same_suite(folder, suite)
+    # everything that can refuse the run does so before the folder exists: a refused run leaves nothing behind
+    rp = plan_run(suite, folder if folder.is_dir() else None, filters, retry_failed, shard)
+    if executor is None or executor.name == "local":  # a Ray cluster's GPUs are checked by the executor
+        _check_devices(rp.todo)
+        _check_fine_tune(rp.todo)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SuiteError(f"--out {folder}: cannot create the run folder ({e.strerror or e})") from None
+    with folder_lock(folder):
+        return _run_locked(suite, folder, store, say, t0, filters, retry_failed, shard, executor, progress)
+
+
+def _check_same_suite(folder: Path, suite: Suite) -> None:
+    """A run folder holds one suite's cells: resuming it with another suite is refused."""
+    meta = folder / "run.json"
+    if not meta.is_file():
+        return
+    try:
+        theirs = json.loads(meta.read_text()).get("suite")
+    except (OSError, ValueError):
+        return
+    if theirs is not None and theirs != suite.name:
+        raise SuiteError(f"{folder} holds a run of suite {theirs!r}, not {suite.name!r}; resume it with that suite's "
+                         "file, or give this suite another --out")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.lock`` (flock) for the run: a second run into the same folder is refused, naming the process
+    that holds it. The kernel drops the lock when its process dies, however it dies."""
+    import fcntl
+
+    try:
+        f = open(folder / ".lock", "a+")  # noqa: SIM115 (held for the whole run)
+    except OSError as e:
+        raise SuiteError(f"--out {folder}: cannot write in the run folder ({e.strerror or e})") from None
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise SuiteError(f"run folder {folder} is in use by {holder}; wait for that run to end, or give another "
+                             "--out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} (pybench run, started {_now()})\n")
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
+def _run_locked(suite: Suite, folder: Path, store: Store, say: Callable[[str], None], t0: float,
+                filters: list[str] | None, retry_failed: bool, shard: str | None, executor: Any,
+                progress: bool) -> RunSummary:
     removed = repair(store.path)
     if removed:
         say(f"pybench: repaired {store.path}: removed a torn last record ({removed} bytes) left by a killed run")
@@ -278,10 +337,7 @@ def run(suite: Suite, out: str | os.PathLike | None = None, *, resume: bool = Fa
                                         "started": _now(), "environment": env, "shard": shard}, indent=2).encode())
     run_id = json.loads(meta.read_text()).get("run_id", folder.name)
 
-    rp = plan_run(suite, folder, filters, retry_failed, shard)
-    if executor is None or executor.name == "local":  # a Ray cluster's GPUs are checked by the executor
-        _check_devices(rp.todo)
-        _check_fine_tune(rp.todo)
+    rp = plan_run(suite, folder, filters, retry_failed, shard)  # again: the repaired store says what is done
     summary = RunSummary(folder=folder, selected=len(rp.cells), skipped=len(rp.done))
     say(f"pybench: suite {suite.name!r}: {len(rp.cells)} cells selected, {len(rp.done)} already done, "
         f"{len(rp.todo)} to run in {rp.groups} prune groups -> {folder}")

@@ -128,6 +128,17 @@ def _state_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
+def _saved_bytes(model: Any) -> bytes:
+    """``model`` in pb.save's file format (what :func:`pybench.serialize.load` reads back)."""
+    import io
+
+    from pybench import serialize
+
+    buf = io.BytesIO()
+    serialize.save(model, buf)
+    return buf.getvalue()
+
+
 def example_input(cfg: dict[str, Any], batch: int | None = None) -> Any:
     """A seeded random input of the cell's input size (batch ``batch`` or the prune example batch)."""
     import torch
@@ -238,9 +249,8 @@ def _schedule(dense: Any, x: Any, cfg: dict[str, Any], data: Any, loaders: Any, 
 
 def _pruned(ctx: _Context, cfg: dict[str, Any], group_id: str) -> tuple[Any, Any, dict[str, Any]]:
     """(model to measure, dense model, achieved figures) of a group; pruned + fine-tuned models are cached."""
-    import torch
 
-    from pybench import measure, train
+    from pybench import measure, serialize, train
 
     dense, dinfo = ctx.dense(cfg)
     info: dict[str, Any] = {"dense_params": dinfo["params"], "dense_macs": dinfo["macs"],
@@ -252,8 +262,10 @@ def _pruned(ctx: _Context, cfg: dict[str, Any], group_id: str) -> tuple[Any, Any
         made = path.with_suffix(".json")  # how the cached model was fine-tuned (processes), for its records
         model = None
         if path.exists():
-            with contextlib.suppress(Exception):  # an unreadable cache is rebuilt
-                model = torch.load(path, map_location="cpu", weights_only=False)
+            # pb.save's format: tensors and JSON, never a pickle (a run folder from elsewhere runs no code); its
+            # builder is trusted only if it is this cell's own model. An unreadable or refused cache is rebuilt.
+            with contextlib.suppress(Exception):
+                model = serialize.load(path, trust=(cfg["model"],))
                 info.update(json.loads(made.read_text()) if made.exists() else {})
         if model is None:
             loaders = ctx.loaders(cfg)
@@ -272,8 +284,8 @@ def _pruned(ctx: _Context, cfg: dict[str, Any], group_id: str) -> tuple[Any, Any
                 train.recalibrate_bn(model, loaders.train, ft["bn_recalibrate_batches"])
                 info["fine_tune_s"] = time.perf_counter() - t0
             info.update(how)
-            with contextlib.suppress(Exception):  # a model that does not pickle is simply not cached
-                _atomic_write(path, _state_bytes(model))
+            with contextlib.suppress(Exception):  # a model pb.save cannot rebuild is simply not cached
+                _atomic_write(path, _saved_bytes(model))
                 _atomic_write(made, json.dumps(how).encode())
         info["pins"] = pins_of(dense, cfg)
         model.eval()

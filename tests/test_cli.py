@@ -95,6 +95,29 @@ def test_run_report_check_compare(tiny, tmp_path, capsys, monkeypatch):
     assert cli.main(["check", str(slow), "--baseline", str(base), "--threshold", "5%"]) == 1
     assert "3 regression(s)" in capsys.readouterr().out
     assert cli.main(["check", str(base), "--baseline", str(base), "--threshold", "5%"]) == 0
+    assert cli.main(["check", str(base), "--baseline", str(base), "--threshold", "0.05"]) == 0
+    capsys.readouterr()
+    for bad in ("5", "1", "0", "-5%", "150%"):  # a bare 5 would be 500 %
+        with pytest.raises(SystemExit) as e:
+            cli.main(["check", str(base), "--baseline", str(base), "--threshold", bad])
+        assert e.value.code == 2
+    assert "would mean 500%; write a percentage (5%) or a fraction below 1 (0.05)" in capsys.readouterr().err
+    # a gate that compares nothing (an empty run, another suite's baseline) fails with exit 2, naming why
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "records.jsonl").write_text("")
+    assert cli.main(["check", str(empty), "--baseline", str(base)]) == 2
+    assert "nothing was compared" in capsys.readouterr().err
+    assert cli.main(["compare", str(empty), str(base)]) == 2
+    # a baseline from another host is refused unless allowed, and both machines are printed
+    foreign = tmp_path / "foreign"
+    for r in R.Store(base).records():
+        r["environment"]["hostname"] = "elsewhere"
+        R.Store(foreign).append(r)
+    assert cli.main(["check", str(base), "--baseline", str(foreign)]) == 2
+    assert "another machine" in capsys.readouterr().err
+    assert cli.main(["check", str(base), "--baseline", str(foreign), "--allow-foreign-baseline"]) == 0
+    assert "baseline: elsewhere" in capsys.readouterr().out
     # a failing cell makes `run` exit 1
     monkeypatch.setenv("PYBENCH_FAULT", "raise:*")
     assert cli.main(["run", str(tiny), "--out", str(tmp_path / "f"), "--no-progress", "--filter", "level=0",

@@ -69,7 +69,31 @@ def test_check_failed_cell_is_a_regression(tmp_path):
 
 def test_check_bad_arguments(tmp_path):
     base = write(tmp_path / "base", [rec("c1", 10.0)])
-    with pytest.raises(ValueError, match="threshold must be > 0"):
-        C.check(base, base, threshold=0)
+    for bad in (0, 1, 5):  # a fraction in (0, 1): 5 is not 5 %
+        with pytest.raises(ValueError, match="threshold must be a fraction in"):
+            C.check(base, base, threshold=bad)
     with pytest.raises(ValueError, match="unknown metric.*allowed: latency_p50_ms"):
         C.check(base, base, metrics=["speed"])
+
+
+def test_a_gate_that_compared_nothing_cannot_pass(tmp_path):
+    base = write(tmp_path / "base", [rec("c1", 10.0), rec("c2", 10.0)])
+    other = write(tmp_path / "other", [rec("x1", 10.0)])  # another suite's cells (or every id changed)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "records.jsonl").write_text("")
+    for run in (other, empty):
+        with pytest.raises(C.NothingComparedError, match="nothing was compared"):
+            C.check(run, base)
+    with pytest.raises(C.NothingComparedError, match="no ok cell in common"):
+        C.compare(base, other)
+
+
+def test_a_baseline_from_another_machine_is_refused_unless_allowed(tmp_path):
+    base = write(tmp_path / "base", [rec("c1", 10.0, host="ci-runner-7")])
+    run = write(tmp_path / "run", [rec("c1", 10.0, host="laptop")])
+    with pytest.raises(C.ForeignBaselineError, match="another machine.*laptop.*ci-runner-7"):
+        C.check(run, base)
+    res = C.check(run, base, allow_foreign_baseline=True)
+    md = res.markdown()
+    assert res.compared == 1 and "run: laptop" in md and "baseline: ci-runner-7" in md

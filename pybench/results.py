@@ -43,7 +43,8 @@ def clean_json(obj: Any) -> Any:
 
 
 def repair(path: str | os.PathLike) -> int:
-    """Truncate a torn last line (no newline, or not valid JSON) from a records file; returns bytes removed."""
+    """Truncate a torn last line (not valid JSON) from a records file; returns bytes removed. A complete record
+    that lacks only its newline (the writer died between the two) is kept, and the newline added."""
     p = Path(path)
     if not p.exists():
         return 0
@@ -52,7 +53,13 @@ def repair(path: str | os.PathLike) -> int:
         end = len(data)
         good = end
         if data and not data.endswith(b"\n"):
-            good = data.rfind(b"\n") + 1
+            start = data.rfind(b"\n") + 1
+            if _is_record(data[start:]):
+                f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+                return 0
+            good = start
         else:
             # a complete-looking last line that is not JSON (torn and then followed by nothing) is cut too
             start = data.rfind(b"\n", 0, max(0, end - 1)) + 1
@@ -67,6 +74,13 @@ def repair(path: str | os.PathLike) -> int:
             f.flush()
             os.fsync(f.fileno())
         return end - good
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 class Store:

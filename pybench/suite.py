@@ -307,6 +307,7 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
         models[name] = {k: _check_type(where, k, v, _MODEL_KEYS[k]) for k, v in opts.items()}
         if "weights" in models[name]:
             models[name]["weights"] = expand_env(models[name]["weights"], where, "weights", require_data)
+    _check_folder_name(path, tables["suite"]["name"])
     return Suite(name=tables["suite"]["name"], path=path, description=tables["suite"]["description"], matrix=m,
                  metrics=met, data=data, train=tables["train"], fine_tune=tables["fine_tune"], prune=pr, run=run,
                  models=models, text=text)
@@ -319,6 +320,16 @@ def load(path: str | os.PathLike, data_root: str | None = None, require_data: bo
         raise SuiteError(f"{p}: no such suite file (the shipped ones are in suites/: "
                          f"{', '.join(sorted(s.stem for s in Path('suites').glob('*.toml'))) or 'none here'})")
     return loads(p.read_text(), str(p), data_root=data_root, require_data=require_data)
+
+
+_FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+
+
+def _check_folder_name(path: str, name: str) -> None:
+    """The suite's name becomes a folder under the results root: one plain name, never a path out of it."""
+    if not _FOLDER_NAME.match(name) or ".." in name:
+        raise SuiteError(f"{path} [suite]: name {name!r} is used as a folder name under the results root; use "
+                         "letters, digits, '.', '_', '+' or '-' (no '/', no '..', not absolute, 100 at most)")
 
 
 def _digest(obj: Any) -> str:

@@ -112,3 +112,13 @@ def test_parquet_export(tmp_path):
     back = pd.read_parquet(out)
     assert back["latency_p50_ms"].tolist() == [1.5] and back["cell_id"].tolist() == ["a"]
     assert not math.isnan(back["level"][0])
+
+
+def test_a_complete_last_record_without_its_newline_is_kept(tmp_path):
+    st = R.Store(tmp_path)
+    st.append(rec("a"))
+    st.append(rec("b"))
+    whole = st.path.read_bytes()
+    st.path.write_bytes(whole[:-1])  # the writer died between the record and its newline
+    assert R.repair(st.path) == 0
+    assert st.path.read_bytes() == whole and [r["cell_id"] for r in st.records()] == ["a", "b"]

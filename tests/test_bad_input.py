@@ -1,0 +1,133 @@
+"""Bad input, hostile files and faults, driven through the CLI in-process: each gets exit 2 and one line naming what
+is wrong, nothing is written outside the folder the user named, and nothing already measured is lost."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import textwrap
+
+import pytest
+import torch
+
+from pybench import cli, runner
+from pybench import results as R
+
+SUITE = textwrap.dedent("""
+    [suite]
+    name = "{name}"
+    [matrix]
+    models = ["xor_mlp"]
+    levels = [0.5]
+    batch_sizes = [1]
+    [metrics]
+    collect = ["macs"]
+    repeats = 1
+    warmup = 0
+    iters = 1
+""")
+
+
+def _suite(tmp_path, name="bad", file="s.toml"):
+    p = tmp_path / file
+    p.write_text(SUITE.format(name=name))
+    return p
+
+
+def _one_line_exit_2(capsys, code: int, *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/abs/path", "a/b", "..", ".hidden", "x" * 101, "a\\b", ""])
+def test_suite_names_never_become_paths(tmp_path, capsys, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text(SUITE.format(name=name.replace("\\", "\\\\")))
+    _one_line_exit_2(capsys, cli.main(["run", "s.toml", "--no-progress"]), "[suite]", "folder name")
+    assert sorted(os.listdir(tmp_path)) == ["s.toml"]  # nothing written anywhere
+    assert not (tmp_path.parent / "escaped").exists()
+
+
+def test_a_run_refused_before_it_starts_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _suite(tmp_path)
+    _one_line_exit_2(capsys, cli.main(["run", "s.toml", "--no-progress", "--filter", "colour=red"]), "colour")
+    assert not (tmp_path / "results").exists()
+    # and a later plain --resume does not pick up anything
+    _one_line_exit_2(capsys, cli.main(["run", "s.toml", "--no-progress", "--resume"]), "no earlier run")
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(tmp_path, capsys):
+    s = _suite(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:  # another run holds the folder
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        held.write("process 4242 (pybench run, started now)\n")
+        held.flush()
+        _one_line_exit_2(capsys, cli.main(["run", str(s), "--out", str(out), "--no-progress"]),
+                         "in use by process 4242")
+    assert not (out / "records.jsonl").exists()
+    assert cli.main(["run", str(s), "--out", str(out), "--no-progress", "--resume"]) == 0  # released: the run goes ahead
+    assert len(R.load(out)) == 2
+
+
+def test_the_lock_is_held_for_the_run_and_released_after(tmp_path):
+    out = tmp_path / "f"
+    out.mkdir()
+    with runner.folder_lock(out):
+        with pytest.raises(runner.SuiteError, match=f"in use by process {os.getpid()}"):
+            with runner.folder_lock(out):
+                pass
+    with runner.folder_lock(out):  # released on exit
+        pass
+
+
+def test_resume_refuses_a_folder_of_another_suite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["run", str(_suite(tmp_path, "first")), "--out", str(out), "--no-progress"]) == 0
+    before = (out / "records.jsonl").read_bytes()
+    capsys.readouterr()
+    other = _suite(tmp_path, "second", "t.toml")
+    _one_line_exit_2(capsys, cli.main(["run", str(other), "--out", str(out), "--resume", "--no-progress"]),
+                     "holds a run of suite 'first', not 'second'")
+    assert (out / "records.jsonl").read_bytes() == before  # nothing appended, nothing lost
+
+
+def test_out_that_is_a_file(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    _one_line_exit_2(capsys, cli.main(["run", str(_suite(tmp_path)), "--out", str(f), "--no-progress"]),
+                     "is a file, not a folder")
+    assert f.read_text() == "x"
+
+
+def test_resume_never_unpickles_the_cache(tmp_path, monkeypatch):
+    """A run folder from elsewhere whose cache/pruned-*.pt is a pickle (or names os:system as its builder) runs no
+    code on --resume: the cache is refused and the model rebuilt."""
+    monkeypatch.chdir(tmp_path)
+    s = _suite(tmp_path)
+    out = tmp_path / "run"
+    assert cli.main(["run", str(s), "--out", str(out), "--no-progress"]) == 0
+    caches = sorted((out / "cache").glob("pruned-*.pt"))
+    assert caches and torch.load(caches[0], weights_only=True)["format"] == "pybench.pruned/1"  # no pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    torch.save(Evil(), caches[0])
+    (out / "records.jsonl").write_text("")  # make every cell run again, reading the cache
+    assert cli.main(["run", str(s), "--out", str(out), "--no-progress", "--resume"]) == 0
+    torch.save({"format": "pybench.pruned/1", "state_dict": {},
+                "spec": json.dumps({"base": {"callable": "os:system", "kwargs": {"command": "touch PWNED"}},
+                                    "modules": {}})}, caches[0])
+    (out / "records.jsonl").write_text("")
+    assert cli.main(["run", str(s), "--out", str(out), "--no-progress", "--resume"]) == 0
+    assert not (tmp_path / "PWNED").exists()
+    assert {r["status"] for r in R.Store(out).records()} == {"ok"}

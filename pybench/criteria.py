@@ -161,9 +161,29 @@ def score(model: nn.Module, graph: ChannelGraph, criterion: str = "l1", data: An
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
+    bad = sorted(set(kw) - criterion_options(criterion))
+    if bad:
+        allowed = ", ".join(sorted(criterion_options(criterion))) or "none"
+        raise ValueError(f"criterion {criterion!r} takes no option(s) {', '.join(map(repr, bad))}; its options: "
+                         f"{allowed}")
     with torch.no_grad():
         units = CRITERIA[criterion](model, graph, data, **kw)
     return {g: torch.from_numpy(units[g.comps]) for g in graph.groups}
+
+def criterion_options(criterion: str) -> frozenset[str]:
+    """The keyword options ``criterion`` takes (its function's named keywords beyond model, graph and data, and
+    those of the function it hands ``**kw`` to, named by its ``options_from`` attribute)."""
+    import inspect
+
+    fn = CRITERIA[criterion]
+    names: set[str] = set()
+    for f in (fn, getattr(fn, "options_from", None)):
+        if f is None:
+            continue
+        names |= {n for n, p in inspect.signature(f).parameters.items()
+                  if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty}
+    return frozenset(names - {"data", "model", "graph", "group"})
+
 
 # The data-driven and geometric criteria register themselves into CRITERIA on import.
 from pybench import criteria_data as _criteria_data  # noqa: E402,F401

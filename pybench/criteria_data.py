@@ -581,6 +581,9 @@ def _lfe(model: nn.Module, graph: ChannelGraph, data: Any = None, **kw: Any) -> 
     return total
 
 
+_lfe.options_from = lfe_group  # its options are lfe_group's (pybench.criteria.criterion_options)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # scopes: per-group normalisation and a global plan under any of them
 # ---------------------------------------------------------------------------------------------------------------

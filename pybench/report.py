@@ -57,13 +57,22 @@ def analyse(df: Any) -> Any:
     return out
 
 
+_FORMATS: dict[str, Any] = {
+    "x": lambda v: f"{v:.2f}x", "pct": lambda v: f"{v * 100:.1f}%", "ms": lambda v: f"{v:.3f}",
+    "pts": lambda v: f"{v:+.1f}", "acc": lambda v: f"{v * 100:.1f}", "mb": lambda v: f"{v / 2**20:.2f}",
+    "m": lambda v: f"{v / 1e6:.2f}", "int": lambda v: f"{int(v):,}", "g": lambda v: f"{v:g}"}
+
+
 def _fmt(v: Any, kind: str) -> Any:
+    """``v`` as ``kind``; "" when absent (None, or pandas' NaN for a missing value), "—" when infinite (a ratio
+    over a 0 B dense peak, say)."""
     import math
 
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
-    return {"x": f"{v:.2f}x", "pct": f"{v * 100:.1f}%", "ms": f"{v:.3f}", "pts": f"{v:+.1f}", "acc": f"{v * 100:.1f}",
-            "mb": f"{v / 2**20:.2f}", "m": f"{v / 1e6:.2f}", "int": f"{int(v):,}", "g": f"{v:g}"}[kind]
+    if isinstance(v, float) and math.isinf(v):
+        return "—"
+    return _FORMATS[kind](v)
 
 
 def _tables(df: Any, tablefmt: str) -> list[tuple[str, str]]:

@@ -270,6 +270,11 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
     if pr["round_to"] < 1 or pr["min_channels"] < 1:
         raise SuiteError(f"{where}: keys 'round_to' and 'min_channels' must be >= 1")
     _allowed(where, "schedule_options", list(pr["schedule_options"]), SCHEDULES, " (a table per schedule)")
+    from pybench.criteria import criterion_options
+
+    takes = set().union(*(criterion_options(c) for c in m["criteria"]))
+    _allowed(where, "criterion_options", list(pr["criterion_options"]), sorted(takes),
+             f" (the options of criteria {', '.join(m['criteria'])})")
 
     run = tables["run"]
     _allowed(f"{path} [run]", "isolation", [run["isolation"]], ISOLATION)
@@ -305,6 +310,11 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
             raise SuiteError(f"{where}: unknown key(s) {', '.join(repr(b) for b in bad)}; allowed keys: "
                              f"{', '.join(_MODEL_KEYS)}")
         models[name] = {k: _check_type(where, k, v, _MODEL_KEYS[k]) for k, v in opts.items()}
+        if models[name].get("kwargs"):
+            try:
+                zoo.check_kwargs(name, models[name]["kwargs"], models[name].get("num_classes"))
+            except TypeError as e:
+                raise SuiteError(f"{where}: key 'kwargs': {e}") from None
         if "weights" in models[name]:
             models[name]["weights"] = expand_env(models[name]["weights"], where, "weights", require_data)
     _check_folder_name(path, tables["suite"]["name"])

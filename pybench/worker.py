@@ -128,6 +128,15 @@ def _state_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
+def _options_for(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The suite's criterion_options that this cell's criterion takes (a suite of several criteria lists the
+    options of all; the suite refused keys none of them takes)."""
+    from pybench.criteria import criterion_options
+
+    allowed = criterion_options(cfg["criterion"])
+    return {k: v for k, v in cfg["prune"]["criterion_options"].items() if k in allowed}
+
+
 def _saved_bytes(model: Any) -> bytes:
     """``model`` in pb.save's file format (what :func:`pybench.serialize.load` reads back)."""
     import io
@@ -168,7 +177,7 @@ def prune_model(dense: Any, cfg: dict[str, Any], loaders: Any) -> Any:
           "ignore": tuple(p["ignore"])}
     if cfg["schedule"] == "one_shot":
         out = pipeline.prune(dense, x, ratio=cfg["level"], criterion=cfg["criterion"], data=data, **kw,
-                             **p["criterion_options"])
+                             **_options_for(cfg))
     else:
         out = _schedule(dense, x, cfg, data, loaders, kw)
     return out[0] if isinstance(out, tuple) else out
@@ -238,7 +247,7 @@ def _schedule(dense: Any, x: Any, cfg: dict[str, Any], data: Any, loaders: Any, 
                              "train_loader": loaders.train if loaders else None,
                              "val_loader": (loaders.val or loaders.test) if loaders else None,
                              "fine_tune_epochs": ft.get("epochs", 0), "fine_tune_kw": _ft_kw(ft, cfg),
-                             "criterion_kw": cfg["prune"]["criterion_options"] or None, **kw}
+                             "criterion_kw": _options_for(cfg) or None, **kw}
     if "ratio" in params:
         extra["ratio"] = cfg["level"]
     elif "macs_target" in params:

@@ -73,7 +73,7 @@ def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(tmp_path
         _one_line_exit_2(capsys, cli.main(["run", str(s), "--out", str(out), "--no-progress"]),
                          "in use by process 4242")
     assert not (out / "records.jsonl").exists()
-    assert cli.main(["run", str(s), "--out", str(out), "--no-progress", "--resume"]) == 0  # released: the run goes ahead
+    assert cli.main(["run", str(s), "--out", str(out), "--no-progress", "--resume"]) == 0  # released: it runs
     assert len(R.load(out)) == 2
 
 
@@ -131,3 +131,38 @@ def test_resume_never_unpickles_the_cache(tmp_path, monkeypatch):
     assert cli.main(["run", str(s), "--out", str(out), "--no-progress", "--resume"]) == 0
     assert not (tmp_path / "PWNED").exists()
     assert {r["status"] for r in R.Store(out).records()} == {"ok"}
+
+
+@pytest.mark.parametrize("table, says", [
+    ('[models.xor_mlp]\nkwargs = {hiden = 4}\n', "[models.xor_mlp]: key 'kwargs'"),
+    ('[prune]\ncriterion_options = {max_batch = 2}\n', "key 'criterion_options' has 'max_batch'"),
+])
+def test_options_nobody_takes_are_refused_when_the_suite_loads(tmp_path, capsys, monkeypatch, table, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text(SUITE.format(name="opts") + table)
+    _one_line_exit_2(capsys, cli.main(["run", "s.toml", "--no-progress"]), says)
+    assert not (tmp_path / "results").exists()
+
+
+def test_torchvision_kwargs_are_checked_without_building_the_model(tmp_path):
+    from pybench import suite as S
+
+    text = SUITE.format(name="tv").replace('"xor_mlp"', '"resnet18"')
+    S.loads(text + "[models.resnet18]\nkwargs = {zero_init_residual = true}\n", "ok.toml")
+    with pytest.raises(S.SuiteError, match="unexpected keyword argument 'widht'"):
+        S.loads(text + "[models.resnet18]\nkwargs = {widht = 2}\n", "bad.toml")
+
+
+def test_unknown_criterion_options_at_the_call():
+    import torch.nn as nn
+
+    import pybench as pb
+
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 2, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="criterion 'l1' takes no option.*'max_batches'; its options: none"):
+        pb.prune(m, x, ratio=0.5, max_batches=3)
+    with pytest.raises(ValueError, match="criterion 'random' takes no option.*'sed'; its options: seed"):
+        pb.score(m, pb.trace(m, x), "random", sed=1)
+    with pytest.raises(TypeError, match="ratoi"):
+        pb.plan(pb.trace(m, x), pb.score(m, pb.trace(m, x), "l1"), ratoi=0.5)

@@ -89,3 +89,11 @@ def test_pins_table_names_the_biggest_reason(tmp_path):
     section = md.split("## Channels no plan can remove")[1]
     row = next(line for line in section.splitlines() if line.startswith("| m "))
     assert "| 150 " in row and "| 200 " in row and "75.0%" in row and "100 by blocks.0: Tensor.norm" in row
+
+
+def test_infinite_values_show_a_dash_instead_of_crashing():
+    from pybench import report
+
+    assert report._fmt(float("inf"), "int") == "—" and report._fmt(float("-inf"), "pct") == "—"
+    assert report._fmt(float("nan"), "int") == "" and report._fmt(None, "x") == ""
+    assert report._fmt(2**20, "mb") == "1.00" and report._fmt(1234.0, "int") == "1,234"

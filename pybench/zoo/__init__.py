@@ -34,7 +34,8 @@ from . import cifar_resnet, cifar_vgg, mobilenet_v1, xor_mlp  # noqa: F401  (imp
 from ._references import PLUGIN_GROUP, trusted
 from ._registry import TIMM_PREFIX, Entry, MissingExtraError, ModelReferenceError, all_names, from_registry, get, known
 
-__all__ = ["MissingExtraError", "ModelReferenceError", "PLUGIN_GROUP", "TIMM_PREFIX", "create", "from_registry",
+__all__ = ["MissingExtraError", "ModelReferenceError", "PLUGIN_GROUP", "TIMM_PREFIX", "check_kwargs", "create",
+           "from_registry",
            "known", "names", "input_size", "load_weights", "trusted"]
 
 
@@ -119,6 +120,23 @@ def create(name: str, num_classes: int | None = None, weights: str | os.PathLike
     if weights is not None:
         model.pybench_spec["weights"] = os.fspath(weights)
     return model
+
+
+def check_kwargs(name: str, kwargs: dict[str, Any], num_classes: int | None = None) -> None:
+    """Raise TypeError naming the bad argument when model ``name``'s builder does not take ``kwargs`` -- by its
+    signature, or (for builders taking ``**kwargs``, as torchvision's and timm's do) by building it on the meta
+    device, which allocates nothing."""
+    entry = _entry(name)
+    classes = entry.default_num_classes if num_classes is None else num_classes
+    sig = inspect.signature(entry.builder)
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        _resolved_kwargs(name, entry, classes, kwargs)
+        return
+    try:
+        with torch.device("meta"):
+            entry.builder(num_classes=classes, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"zoo: bad arguments for {name!r}: {e}") from None
 
 
 def _resolved_kwargs(name: str, entry: Entry, num_classes: int, kwargs: dict[str, Any]) -> dict[str, Any]:

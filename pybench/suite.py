@@ -252,6 +252,10 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
     if needs_root and require_data and not data["root"]:
         raise SuiteError(f"{where}: dataset {data['name']!r} needs key 'root' (a local folder; pybench never "
                          "downloads); set it in the file, through an environment variable, or pass --data-root")
+    if needs_root and require_data and not os.path.isdir(data["root"]):
+        what = "is a file, not a folder" if os.path.exists(data["root"]) else "does not exist"
+        raise SuiteError(f"{where}: key 'root' {data['root']!r} {what}; dataset {data['name']!r} is read from a "
+                         "local folder (pybench never downloads): fix the path or pass --data-root")
     if "accuracy" in met["collect"] and not data["name"]:
         raise SuiteError(f"{path} [metrics]: 'accuracy' in key 'collect' needs a dataset: set [data] name (allowed "
                          f"values: {', '.join(pdata.names())})")

@@ -166,3 +166,13 @@ def test_unknown_criterion_options_at_the_call():
         pb.score(m, pb.trace(m, x), "random", sed=1)
     with pytest.raises(TypeError, match="ratoi"):
         pb.plan(pb.trace(m, x), pb.score(m, pb.trace(m, x), "l1"), ratoi=0.5)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "imagefolder"])
+def test_a_data_root_that_does_not_exist_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch, dataset):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    for root in ("/no/such/folder", "afile"):
+        (tmp_path / "s.toml").write_text(SUITE.format(name="d") + f'[data]\nname = "{dataset}"\nroot = "{root}"\n')
+        _one_line_exit_2(capsys, cli.main(["run", "s.toml", "--no-progress"]), repr(root), "pybench never downloads")
+    assert not (tmp_path / "results").exists()

@@ -90,10 +90,14 @@ def test_data_root_from_env_flag_or_error(monkeypatch, tmp_path):
         S.loads(text, "p.toml")
     monkeypatch.setenv("PYBENCH_TEST_CIFAR", str(tmp_path))
     assert S.loads(text, "p.toml").data["root"] == str(tmp_path)
-    assert S.loads(text, "p.toml", data_root="/elsewhere").data["root"] == "/elsewhere"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert S.loads(text, "p.toml", data_root=str(elsewhere)).data["root"] == str(elsewhere)
+    with pytest.raises(S.SuiteError, match="'/no/such/folder' does not exist"):
+        S.loads(text, "p.toml", data_root="/no/such/folder")
     # the data root is not part of a cell's identity: the same cells on two machines with different folders
     ids = [c.cell_id for c in S.expand(S.loads(text, "p.toml"))]
-    assert ids == [c.cell_id for c in S.expand(S.loads(text, "p.toml", data_root="/elsewhere"))]
+    assert ids == [c.cell_id for c in S.expand(S.loads(text, "p.toml", data_root=str(elsewhere)))]
 
 
 def test_filter():

@@ -93,6 +93,9 @@ def _run(args: argparse.Namespace) -> int:
                              progress=not args.no_progress, results_root=args.results_root, executor=ex, shard=spec)
     except (suite.SuiteError, ConnectionError, ImportError) as e:
         raise UsageError(str(e)) from None
+    except runner.RunInterrupted as e:
+        print(f"pybench run: {e}", file=sys.stderr)
+        return e.exit_code
     print(summary.folder)
     if summary.failed:
         print(f"pybench run: {summary.failed} cell(s) failed (their records hold the errors)", file=sys.stderr)

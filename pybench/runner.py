@@ -23,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -351,6 +352,7 @@ def _run_locked(suite: Suite, folder: Path, store: Store, say: Callable[[str], N
         _count(rec, summary, bar)
 
     timeout_s, prepare_timeout_s = float(suite.run["timeout_s"]), float(suite.run["prepare_timeout_s"])
+    previous = _raise_on_sigterm()
     try:
         if executor is None:
             run_cells(folder, rp.todo, run_id, env, timeout_s=timeout_s, prepare_timeout_s=prepare_timeout_s,
@@ -360,12 +362,47 @@ def _run_locked(suite: Suite, folder: Path, store: Store, say: Callable[[str], N
             executor.execute(folder, rp.todo, run_id=run_id, env=env, timeout_s=timeout_s,
                              prepare_timeout_s=prepare_timeout_s, isolation=suite.run["isolation"], emit=emit,
                              say=say)
+    except (KeyboardInterrupt, Terminated) as e:
+        bar.close()
+        code, why = (143, "SIGTERM") if isinstance(e, Terminated) else (130, "Ctrl-C")
+        again = ["pybench", "run", suite.path, "--out", str(folder), "--resume",
+                 *(a for f in filters or () for a in ("--filter", f)), *(("--shard", shard) if shard else ())]
+        raise RunInterrupted(f"stopped by {why}: {summary.ok + summary.failed} of {len(rp.todo)} cell(s) finished "
+                             f"this time, {len(rp.done) + summary.ok + summary.failed} of {len(rp.cells)} in all, "
+                             f"kept in {store.path}; the workers were stopped. Resume with: {shlex.join(again)}",
+                             code) from None
     finally:
         bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     summary.wall_s = time.perf_counter() - t0
     say(f"pybench: {summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped in {summary.wall_s:.1f} s; "
         f"records in {store.path}")
     return summary
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (raised in the main thread, as Ctrl-C raises KeyboardInterrupt)."""
+
+
+class RunInterrupted(Exception):
+    """A run stopped by Ctrl-C (``exit_code`` 130) or SIGTERM (143); every cell finished before is in the store."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _raise_on_sigterm() -> Any:
+    """Make SIGTERM raise :class:`Terminated` in the main thread; returns the handler to restore (None: not the
+    main thread, nothing changed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def run_cells(folder: str | os.PathLike, cells: Sequence[Cell], run_id: str, env: dict[str, Any], *,
@@ -408,41 +445,11 @@ def _run_chunk(folder: Path, chunk: list[Cell], run_id: str, env: dict[str, Any]
         attempt += 1
         log = folder / "logs" / f"worker-{os.getpid()}-{name}-{attempt}.log"
         w = _Worker(folder, list(remaining.values()), log)
-        current: str | None = None
-        group: str | None = None
-        started: str | None = None
-        error: str | None = None
-        while True:
-            limit = timeouts[0] if current else timeouts[1]
-            try:
-                msg = w.get(limit)
-            except queue.Empty:
-                w.kill()
-                what = ("measuring this cell", "timeout_s") if current else \
-                    ("preparing (training / pruning) this cell's group", "prepare_timeout_s")
-                error = f"timeout: {what[0]} took longer than {what[1]}={limit:g} s; the worker was killed"
-                break
-            if msg is None:
-                reason = w.exit_reason()
-                w.close()
-                if remaining:
-                    error = f"worker {reason} while {'measuring' if current else 'preparing'}; last output: " \
-                            f"{_tail(log)[-800:]}"
-                break
-            kind = msg.get("type")
-            if kind == "group":
-                group, current = msg["group_id"], None
-            elif kind == "start":
-                current, started = msg["cell_id"], msg.get("time")
-                if on_start is not None and current in remaining:
-                    on_start(remaining[current])
-            elif kind == "record":
-                current = None
-                rec = msg["record"]
-                rec["run_id"] = run_id
-                if rec["cell_id"] in remaining:
-                    remaining.pop(rec["cell_id"])
-                    emit(rec)
+        try:
+            error, current, group, started = _drive(w, remaining, timeouts, run_id, emit, on_start, log)
+        except BaseException:  # Ctrl-C, SIGTERM: the worker goes too, and what it had not reported is not written
+            w.kill()
+            raise
         if error is None:
             continue
         if current is not None and current in remaining:
@@ -453,6 +460,48 @@ def _run_chunk(folder: Path, chunk: list[Cell], run_id: str, env: dict[str, Any]
         for c in victims:
             remaining.pop(c.cell_id)
             emit(failed_record(c, run_id, error, env, started))
+
+
+def _drive(w: _Worker, remaining: dict[str, Cell], timeouts: tuple[float, float], run_id: str,
+           emit: Callable[[dict[str, Any]], None], on_start: Callable[[Cell], None] | None,
+           log: Path) -> tuple[str | None, str | None, str | None, str | None]:
+    """Read worker ``w`` until it ends or times out, emitting its records; (error, current cell, group, its start)."""
+    current: str | None = None
+    group: str | None = None
+    started: str | None = None
+    error: str | None = None
+    while True:
+        limit = timeouts[0] if current else timeouts[1]
+        try:
+            msg = w.get(limit)
+        except queue.Empty:
+            w.kill()
+            what = ("measuring this cell", "timeout_s") if current else \
+                ("preparing (training / pruning) this cell's group", "prepare_timeout_s")
+            error = f"timeout: {what[0]} took longer than {what[1]}={limit:g} s; the worker was killed"
+            break
+        if msg is None:
+            reason = w.exit_reason()
+            w.close()
+            if remaining:
+                error = f"worker {reason} while {'measuring' if current else 'preparing'}; last output: " \
+                        f"{_tail(log)[-800:]}"
+            break
+        kind = msg.get("type")
+        if kind == "group":
+            group, current = msg["group_id"], None
+        elif kind == "start":
+            current, started = msg["cell_id"], msg.get("time")
+            if on_start is not None and current in remaining:
+                on_start(remaining[current])
+        elif kind == "record":
+            current = None
+            rec = msg["record"]
+            rec["run_id"] = run_id
+            if rec["cell_id"] in remaining:
+                remaining.pop(rec["cell_id"])
+                emit(rec)
+    return error, current, group, started
 
 
 def _count(rec: dict[str, Any], summary: RunSummary, bar: Any) -> None:

@@ -176,3 +176,38 @@ def test_a_data_root_that_does_not_exist_is_refused_before_anything_runs(tmp_pat
         (tmp_path / "s.toml").write_text(SUITE.format(name="d") + f'[data]\nname = "{dataset}"\nroot = "{root}"\n')
         _one_line_exit_2(capsys, cli.main(["run", "s.toml", "--no-progress"]), repr(root), "pybench never downloads")
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("sig, code, why", [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "Ctrl-C")])
+def test_sigterm_and_ctrl_c_stop_cleanly_and_say_how_to_resume(tmp_path, sig, code, why):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    s = tmp_path / "s.toml"
+    s.write_text(SUITE.format(name="sig").replace("levels = [0.5]", "levels = [0.25, 0.5]")
+                 .replace('criteria = ["l1"]', "").replace("batch_sizes = [1]", "batch_sizes = [1, 2, 4]"))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pybench.cli", "run", str(s), "--out", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "records.jsonl").is_file():
+        time.sleep(0.2)
+    while time.time() < deadline and not (out / "records.jsonl").read_text():
+        time.sleep(0.2)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert f"stopped by {why}" in err and f"Resume with: pybench run {s} --out {out} --resume" in err
+    assert "Traceback" not in err
+    psutil.wait_procs(workers, timeout=30)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]  # no worker outlives it
+    done = R.Store(out).records()
+    assert done and all(r["status"] == "ok" for r in done)  # what finished is kept, nothing torn
+    assert subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True).returncode == 0
+    assert len(R.Store(out).records()) == 9  # dense 3 + two levels x 3 batch sizes, each once

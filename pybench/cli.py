@@ -116,12 +116,24 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    import warnings
+
     from pybench import report
+    from pybench.results import CorruptRecordsWarning
 
     try:
-        md, html = report.write(args.runs, out_dir=args.out, title=args.title)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CorruptRecordsWarning)
+            md, html = report.write(args.runs, out_dir=args.out, title=args.title)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: cannot write the report there ({e.strerror or e})") from None
+    for w in caught:
+        if issubclass(w.category, CorruptRecordsWarning):
+            print(f"pybench report: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if not args.quiet:
         print(md.read_text())
     print(f"wrote {md} and {html}", file=sys.stderr)
@@ -137,7 +149,10 @@ def _compare(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     print(res.markdown())
     if args.html:
-        Path(args.html).write_text(res.html())
+        try:
+            Path(args.html).write_text(res.html())
+        except OSError as e:
+            raise UsageError(f"--html {args.html}: cannot write the page there ({e.strerror or e})") from None
         print(f"wrote {args.html}", file=sys.stderr)
     return EXIT_OK
 
@@ -223,6 +238,10 @@ def _prune(args: argparse.Namespace) -> int:
         pruned = runner.prune_model(model, cfg, None)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    except RuntimeError as e:  # the model does not take this input (a shape mismatch, a wrong channel count)
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"the model does not run on an input of size {tuple(x.shape)} ({first}); give the size it "
+                         "takes with --input-size (without the batch dim)") from None
     before, after = measure.flops(model, x), measure.flops(pruned, x)
     print(f"params {before.params:,} -> {after.params:,} ({after.params / before.params:.1%} kept); "
           f"MACs {before.total_macs:,} -> {after.total_macs:,} ({after.total_macs / before.total_macs:.1%} kept)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -116,21 +117,32 @@ class Store:
                 if r.get("status") == "ok" or (include_failed and r.get("status") == "failed")}
 
 
+class CorruptRecordsWarning(UserWarning):
+    """A records file with lines that are not records (corrupted in the middle, not a torn end)."""
+
+
 def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """The records of one ``records.jsonl``; a torn or invalid line (a killed writer) is skipped."""
     p = Path(path)
     if not p.exists():
         return
+    bad: list[int] = []
     with open(p, "rb") as f:
-        for raw in f:
+        for n, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
-                return  # torn last line
+                break  # torn last line: a killed writer's, repaired on --resume
             try:
                 rec = json.loads(raw)
             except ValueError:
-                continue
+                rec = None
             if isinstance(rec, dict) and "cell_id" in rec:
                 yield rec
+            elif raw.strip():
+                bad.append(n)
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        warnings.warn(CorruptRecordsWarning(f"{p}: skipped {len(bad)} unreadable line(s) (line {shown}); the "
+                                            "records there are lost, the others are read"), stacklevel=2)
 
 
 def run_folders(paths: Iterable[str | os.PathLike] | str | os.PathLike) -> list[Path]:

@@ -211,3 +211,42 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_say_how_to_resume(tmp_path, sig, co
     assert done and all(r["status"] == "ok" for r in done)  # what finished is kept, nothing torn
     assert subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True).returncode == 0
     assert len(R.Store(out).records()) == 9  # dense 3 + two levels x 3 batch sizes, each once
+
+
+def test_report_says_how_many_corrupt_lines_it_skipped_and_where(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["run", str(_suite(tmp_path)), "--out", str(out), "--no-progress"]) == 0
+    lines = (out / "records.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "records.jsonl").write_bytes(lines[0] + b"\x00\x00garbage in the middle\n" + b"".join(lines[1:]))
+    capsys.readouterr()
+    assert cli.main(["report", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable line(s) (line 2)" in err and str(out / "records.jsonl") in err
+    with pytest.warns(R.CorruptRecordsWarning, match="line 2"):
+        assert len(R.load(out)) == 2  # the other records are all read
+
+
+@pytest.mark.parametrize("where", ["afile/sub", "afile", "locked/sub"])
+def test_report_and_compare_outputs_that_cannot_be_written(tmp_path, capsys, where):
+    out = tmp_path / "run"
+    assert cli.main(["run", str(_suite(tmp_path)), "--out", str(out), "--no-progress"]) == 0
+    (tmp_path / "afile").write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        capsys.readouterr()
+        if os.geteuid() == 0 and where.startswith("locked"):
+            pytest.skip("root writes anywhere")
+        _one_line_exit_2(capsys, cli.main(["report", str(out), "--quiet", "--out", str(tmp_path / where)]), "--out")
+        capsys.readouterr()
+        code = cli.main(["compare", str(out), str(out), "--html", str(tmp_path / where / "c.html")])
+        _one_line_exit_2(capsys, code, "--html")
+    finally:
+        locked.chmod(0o700)
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_prune_with_an_input_the_model_does_not_take(capsys):
+    _one_line_exit_2(capsys, cli.main(["prune", "cifar_resnet20", "--input-size", "5", "32", "32"]),
+                     "does not run on an input of size (1, 5, 32, 32)", "--input-size")

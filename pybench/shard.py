@@ -204,8 +204,9 @@ def merge(shard_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *
           require_complete: bool = False) -> MergeResult:
     """Join the run folders of a suite's shards into the new run folder ``out_dir``.
 
-    Every record of every shard is kept (a cell retried inside a shard keeps its history); a cell found in more than
-    one shard must have the same configuration everywhere (``data_root`` aside), and its kept record is the last ok
+    Every record of every shard is kept (a cell retried inside a shard keeps its history), except that a cell found
+    in more than one shard (overlapping shards) is kept once, with a warning; it must have the same configuration
+    everywhere (``data_root`` aside), and its kept record is the last ok
     one, written last so readers (``results.load``, ``--resume``) take it. ``run.json`` lists the shards
     (``merged_from``) and ``suite.toml`` is the shards' common suite file.
 
@@ -302,13 +303,21 @@ def merge(shard_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *
     store = Store(out)
     lines: list[dict[str, Any]] = []
     ok = failed = 0
+    overlapping = 0
     for recs in per_cell.values():
         oks = [i for i, (_, r) in enumerate(recs) if r.get("status") == "ok"]
         chosen = oks[-1] if oks else len(recs) - 1
-        ordered = [r for i, (_, r) in enumerate(recs) if i != chosen] + [recs[chosen][1]]
+        if len({k for k, _ in recs}) > 1:  # overlapping shards: one record, not one per shard
+            overlapping += 1
+            ordered = [recs[chosen][1]]
+        else:
+            ordered = [r for i, (_, r) in enumerate(recs) if i != chosen] + [recs[chosen][1]]
         lines.extend(ordered)
         ok += recs[chosen][1].get("status") == "ok"
         failed += recs[chosen][1].get("status") != "ok"
+    if overlapping:
+        warnings.append(f"{overlapping} cell(s) were measured by more than one shard (overlapping shards or the "
+                        "same cells run twice); each is kept once, its last ok record")
     # write to a side file and rename, so a killed merge never leaves a half store that looks like a run
     with open(tmp, "wb") as f:
         for rec in lines:

@@ -165,7 +165,9 @@ def test_merge_overlap_prefers_ok(tmp_path, cells):
     a = _fake_shard(tmp_path / "a", "shardtest", cells[:12], status="failed")
     b = _fake_shard(tmp_path / "b", "shardtest", cells[8:])
     res = shard.merge([b, a], tmp_path / "m")  # the failed copies come later, the ok ones still win
-    assert (res.cells, res.ok, res.failed, res.records) == (20, 12, 8, 24)
+    assert (res.cells, res.ok, res.failed, res.records) == (20, 12, 8, 20)  # the 4 overlapping cells once each
+    assert any("4 cell(s) were measured by more than one shard" in w for w in res.warnings)
+    assert len(results.Store(tmp_path / "m").records()) == 20  # no duplicated records
     df = results.load(tmp_path / "m")
     st = dict(zip(df["cell_id"], df["status"], strict=True))
     assert all(st[c.cell_id] == "ok" for c in cells[8:]) and all(st[c.cell_id] == "failed" for c in cells[:8])

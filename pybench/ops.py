@@ -213,9 +213,11 @@ def ref_channel_stats_list(ws: Sequence[torch.Tensor], dim: int) -> list[torch.T
     return [ref_channel_stats(w, dim) for w in ws]
 
 
-def ref_channel_gather_list(ws: Sequence[torch.Tensor], out_idx: Sequence[torch.Tensor | None],
-                            in_idx: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+def ref_channel_gather_list(ws: Sequence[torch.Tensor], out_idx: Sequence[torch.Tensor | None] | None = None,
+                            in_idx: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
     """Reference of ``channel_gather_list``: ``channel_gather`` of each (tensor, out_idx, in_idx)."""
+    out_idx = [None] * len(ws) if out_idx is None else out_idx
+    in_idx = [None] * len(ws) if in_idx is None else in_idx
     _check_gather_list(ws, out_idx, in_idx)
     return [ref_channel_gather(w, o, i) for w, o, i in zip(ws, out_idx, in_idx, strict=True)]
 
@@ -387,11 +389,14 @@ def channel_stats_list(ws: Sequence[torch.Tensor], dim: int = 0) -> list[torch.T
     return out
 
 
-def channel_gather_list(ws: Sequence[torch.Tensor], out_idx: Sequence[torch.Tensor | None],
-                        in_idx: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+def channel_gather_list(ws: Sequence[torch.Tensor], out_idx: Sequence[torch.Tensor | None] | None = None,
+                        in_idx: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
     """``[channel_gather(w, o, i) for w, o, i in zip(ws, out_idx, in_idx)]`` in one call per device (each index on
-    its tensor's device, as for ``channel_gather``)."""
-    ws, out_idx, in_idx = list(ws), list(out_idx), list(in_idx)
+    its tensor's device, as for ``channel_gather``). A None list, like a None index, keeps that dim whole for
+    every tensor."""
+    ws = list(ws)
+    out_idx = [None] * len(ws) if out_idx is None else list(out_idx)
+    in_idx = [None] * len(ws) if in_idx is None else list(in_idx)
     if not ws:
         _check_lengths(ws, out_idx, in_idx)
         return []

@@ -467,3 +467,13 @@ def test_torch_export_traces_through_the_ops():
     assert {"pybench.channel_stats.default", "pybench.activation_stats.default"} <= targets
     for got, want in zip(exported.module()(w, x), Scores()(w, x), strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_list_gather_takes_none_for_a_whole_list_of_indices():
+    ws = [torch.randn(4, 3), torch.randn(5, 2, 3)]
+    keep = [torch.tensor([0, 2]), torch.tensor([1, 3, 4])]
+    for fn in (ops.channel_gather_list, ops.ref_channel_gather_list):
+        got = fn(ws, keep, None)
+        assert [g.shape for g in got] == [(2, 3), (3, 2, 3)] and torch.equal(got[1], ws[1][[1, 3, 4]])
+        same = fn(ws)  # both None: plain copies
+        assert all(torch.equal(a, b) and a.data_ptr() != b.data_ptr() for a, b in zip(same, ws, strict=True))

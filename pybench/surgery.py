@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from pybench import _gc, _slots, ops
 from pybench._clone import clone_module
+from pybench._graph_rules import is_grn
 from pybench.graph import fingerprint
 from pybench.planning import PrunePlan
 
@@ -294,7 +295,7 @@ def _pruner(name: str, m: nn.Module) -> Pruner:
     pruner = PRUNERS.get(type(m))
     if pruner is None:
         pruner = next((fn for t, fn in PRUNERS.items() if isinstance(m, t)), None)
-    if pruner is None and type(m).__name__ == "GlobalResponseNorm":  # timm's, known without importing timm
+    if pruner is None and is_grn(m):  # timm's, known by name (timm is not imported)
         pruner = prune_affine
     if pruner is None:
         raise NotImplementedError(f"{name} ({type(m).__name__}): no pruning function registered")

@@ -259,6 +259,8 @@ def _prune(args: argparse.Namespace) -> int:
             serialize.save(pruned, args.output)
         except ValueError as e:
             raise UsageError(f"--output {args.output}: {e}") from None
+        except (OSError, RuntimeError) as e:  # torch.save reports a missing folder as a RuntimeError
+            raise UsageError(f"--output {args.output}: cannot write the model there ({e})") from None
         print(f"wrote {args.output}")
     return EXIT_OK
 

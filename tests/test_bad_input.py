@@ -250,3 +250,8 @@ def test_report_and_compare_outputs_that_cannot_be_written(tmp_path, capsys, whe
 def test_prune_with_an_input_the_model_does_not_take(capsys):
     _one_line_exit_2(capsys, cli.main(["prune", "cifar_resnet20", "--input-size", "5", "32", "32"]),
                      "does not run on an input of size (1, 5, 32, 32)", "--input-size")
+
+
+def test_prune_output_into_a_missing_folder(tmp_path, capsys):
+    _one_line_exit_2(capsys, cli.main(["prune", "xor_mlp", "-o", str(tmp_path / "no" / "such" / "m.pt")]),
+                     "--output", "cannot write the model there")

@@ -50,6 +50,9 @@ def _module_meta(name: str, m: nn.Module, args: tuple, kwargs: dict) -> Any:
         return x
     if isinstance(m, rules._ACTIVATIONS):
         return x
+    if isinstance(m, (nn.LayerNorm, nn.GroupNorm)) or rules.is_grn(m):  # shape-keeping; F.layer_norm's meta
+        _check_norm_input(name, m, x)                                      # kernel is a ~5 ms decomposition
+        return _meta_like(x)
     if isinstance(m, _ADAPTIVE_POOLS) and not getattr(m, "return_indices", False):
         k = 1 + _ADAPTIVE_POOLS.index(type(m)) % 3 if type(m) in _ADAPTIVE_POOLS else x.ndim - 2
         size = tuple(m.output_size) if isinstance(m.output_size, (tuple, list)) else (m.output_size,) * k
@@ -103,6 +106,21 @@ def _norm_meta(x: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
     return _meta_like(x)
 
 
+def _check_norm_input(name: str, m: nn.Module, x: torch.Tensor) -> None:
+    """A LayerNorm (or a channels-first LayerNorm2d subclass), GroupNorm or GRN fits ``x``: else a clear error."""
+    if isinstance(m, nn.LayerNorm):
+        k = len(m.normalized_shape)
+        fits = tuple(x.shape[-k:]) == tuple(m.normalized_shape) or (k == 1 and x.ndim > 1 and
+                                                                    x.shape[1] == m.normalized_shape[0])
+    elif isinstance(m, nn.GroupNorm):
+        fits = x.ndim > 1 and x.shape[1] == m.num_channels
+    else:
+        fits = x.ndim > 1 and x.shape[m.channel_dim] == m.weight.shape[0]
+    if not fits:
+        raise TraceError(f"{name} ({type(m).__name__}) does not fit an input of shape {list(x.shape)}; check "
+                         "example_inputs' shape")
+
+
 def _pair(v: Any, n: int) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
 
@@ -124,9 +142,29 @@ def _linear_meta(x: torch.Tensor, weight: torch.Tensor, bias: Any = None) -> tor
     return _meta_like(x, (*x.shape[:-1], weight.shape[0]))
 
 
+def _unary_meta(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """An element-wise activation keeps its input's shape and dtype (its meta kernel is a Python reference; an
+    in-place one's output aliases its input, which shapes do not see)."""
+    return _meta_like(x)
+
+
+def _reduce_meta(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> torch.Tensor | None:
+    """mean / sum over dims of a float tensor (their meta kernels are Python references); None: not this case."""
+    if not isinstance(x, torch.Tensor) or dtype is not None or not x.dtype.is_floating_point or dim is None:
+        return None
+    dims = {int(d) % x.ndim for d in (dim if isinstance(dim, (tuple, list)) else (dim,))}
+    shape = [1 if i in dims else n for i, n in enumerate(x.shape)] if keepdim else \
+        [n for i, n in enumerate(x.shape) if i not in dims]
+    return _meta_like(x, shape)
+
+
+_METHOD_SHAPES: dict[str, Callable[..., torch.Tensor | None]] = {"mean": _reduce_meta, "sum": _reduce_meta}
+_UNARY = (F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.mish, F.elu, F.leaky_relu, F.softplus,
+          torch.sigmoid, torch.tanh, torch.relu, F.sigmoid, F.tanh)
 _SHAPE_BY_ARITHMETIC: dict[Any, Callable[..., torch.Tensor]] = {
     F.batch_norm: _norm_meta, F.instance_norm: _norm_meta, F.group_norm: _norm_meta, F.layer_norm: _norm_meta,
     F.conv1d: _conv_meta, F.conv2d: _conv_meta, F.conv3d: _conv_meta, F.linear: _linear_meta,
+    **dict.fromkeys(_UNARY, _unary_meta), torch.mean: _reduce_meta, torch.sum: _reduce_meta,
 }
 
 
@@ -224,6 +262,15 @@ def module_step(ctx: rules.TraceContext, name: str, m: nn.Module, rule: Any, whe
     return out, rule(ctx, name, m, args[0], arg_ds[0], out)
 
 
+def _by_arithmetic(where: str, shape_fn: Any, args: tuple, kwargs: dict) -> Any:
+    """The meta output of an op by the arithmetic of ``shape_fn`` when every tensor argument is a meta tensor;
+    None when there is no such function or it does not cover this call."""
+    if shape_fn is None or not all(not isinstance(a, torch.Tensor) or a.device.type == "meta"
+                                   for a in (*args, *kwargs.values())):
+        return None
+    return run_op(where, shape_fn, *args, **kwargs)
+
+
 def function_step(ctx: rules.TraceContext, kind: str, target: Any, scope: str, args: tuple, kwargs: dict,
                   arg_ds: Any, kw_ds: Any, params: Callable[[], list], input_params: Callable[[], list[str]],
                   strict: bool, notes: list[str]) -> tuple[Any, Any]:
@@ -236,14 +283,15 @@ def function_step(ctx: rules.TraceContext, kind: str, target: Any, scope: str, a
         rule = fn_rules.FUNCTION_RULES.get(target)
         out = _elementwise_meta(target, args, kwargs)
         if out is None:
-            shape_fn = _SHAPE_BY_ARITHMETIC.get(target)
-            meta = shape_fn is not None and all(not isinstance(a, torch.Tensor) or a.device.type == "meta"
-                                                for a in (*args, *kwargs.values()))
-            out = run_op(where, shape_fn if meta else target, *args, **kwargs)
+            out = _by_arithmetic(where, _SHAPE_BY_ARITHMETIC.get(target), args, kwargs)
+        if out is None:
+            out = run_op(where, target, *args, **kwargs)
     else:
         where = f"{scope}: Tensor.{target}"
         rule = fn_rules.METHOD_RULES.get(target)
         out = _elementwise_meta(target, args, kwargs)
+        if out is None:
+            out = _by_arithmetic(where, _METHOD_SHAPES.get(target), args, kwargs)
         if out is None:
             out = run_op(where, getattr(args[0], target), *args[1:], **kwargs)
     if rule is None:

@@ -172,7 +172,7 @@ def score(model: nn.Module, graph: ChannelGraph, criterion: str = "l1", data: An
 
 def criterion_options(criterion: str) -> frozenset[str]:
     """The keyword options ``criterion`` takes (its function's named keywords beyond model, graph and data, and
-    those of the function it hands ``**kw`` to, named by its ``options_from`` attribute)."""
+    those of the function it hands ``**kw`` to, named by its ``options_from`` attribute), and ``seed``."""
     import inspect
 
     fn = CRITERIA[criterion]
@@ -182,7 +182,8 @@ def criterion_options(criterion: str) -> frozenset[str]:
             continue
         names |= {n for n, p in inspect.signature(f).parameters.items()
                   if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty}
-    return frozenset(names - {"data", "model", "graph", "group"})
+    return frozenset((names - {"data", "model", "graph", "group"}) | {"seed"})  # every criterion takes a seed
+    # (deterministic ones ignore it), so one call can score with any criterion
 
 
 # The data-driven and geometric criteria register themselves into CRITERIA on import.

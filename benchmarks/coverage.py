@@ -149,14 +149,15 @@ def _prune_pybench(model, x, name: str, ratio: float):
     return pb.apply(model, plan), plan
 
 
-def _check_pybench(model, pruned, plan, x, name: str) -> None:
-    """The pruned model (or, for a detector, its pruned backbone) equals pb.mask's."""
+def _check_pybench(model, pruned, plan, x, feats) -> None:
+    """The pruned model (or, for a detector -- ``feats`` its backbone's input --, its pruned backbone) equals
+    pb.mask's."""
     import torch
 
     import pybench as pb
 
-    if _is_detection(name):
-        model, pruned, x = model.backbone, pruned.backbone, _backbone_input(model, x)
+    if feats is not None:
+        model, pruned, x = model.backbone, pruned.backbone, feats
     with torch.no_grad():
         for a, b in zip(_leaves(pruned(x)), _leaves(pb.mask(model, plan)(x)), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -199,14 +200,10 @@ def worker(name: str, tool: str, size: int, ratio: float, min_macs_removed: floa
     model = _calibrate(_model(name, size), x)
     with torch.no_grad():
         ref = _leaves(model(x))
-    if _is_detection(name):  # pruned within its backbone: the MACs that can fall are the backbone's
-        feats = _backbone_input(model, x)
+    feats = _backbone_input(model, x) if _is_detection(name) else None
 
-        def macs(m):
-            return _macs(m.backbone, feats)
-    else:
-        def macs(m):
-            return _macs(m, x)
+    def macs(m):  # a detector is pruned within its backbone: the MACs that can fall are the backbone's
+        return _macs(m, x) if feats is None else _macs(m.backbone, feats)
     before, macs_before = sum(p.numel() for p in model.parameters()), macs(model)
     times = []
     for _ in range(max(1, repeats)):  # fresh copies, the fastest kept: both tools warm, as in a user's session
@@ -218,7 +215,7 @@ def worker(name: str, tool: str, size: int, ratio: float, min_macs_removed: floa
             pruned = _prune_peer(fresh, x, ratio)
         times.append(time.perf_counter() - t)
     if tool == "pybench":
-        _check_pybench(model, pruned, plan, x, name)
+        _check_pybench(model, pruned, plan, x, feats)
     with torch.no_grad():
         out = _leaves(pruned(x))
     after = sum(p.numel() for p in pruned.parameters())

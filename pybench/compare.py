@@ -217,7 +217,8 @@ def check(run: str | os.PathLike | Any, baseline: str | os.PathLike | Any, thres
     dr = run if hasattr(run, "columns") else results.load(run)
     db = baseline if hasattr(baseline, "columns") else results.load(baseline)
     machines = (_host(dr), _host(db))
-    if _machine(dr) and _machine(db) and _machine(dr) != _machine(db) and not allow_foreign_baseline:
+    ours, theirs = _machine(dr), _machine(db)
+    if ours and theirs and ours != theirs and not allow_foreign_baseline:
         raise ForeignBaselineError(f"check: the baseline was measured on another machine (run: {machines[0]}; "
                                    f"baseline: {machines[1]}); timings do not compare across machines. Use a "
                                    "baseline from this machine, or pass --allow-foreign-baseline")

@@ -363,7 +363,6 @@ def _run_locked(suite: Suite, folder: Path, store: Store, say: Callable[[str], N
                              prepare_timeout_s=prepare_timeout_s, isolation=suite.run["isolation"], emit=emit,
                              say=say)
     except (KeyboardInterrupt, Terminated) as e:
-        bar.close()
         code, why = (143, "SIGTERM") if isinstance(e, Terminated) else (130, "Ctrl-C")
         again = ["pybench", "run", suite.path, "--out", str(folder), "--resume",
                  *(a for f in filters or () for a in ("--filter", f)), *(("--shard", shard) if shard else ())]

@@ -35,8 +35,7 @@ from ._references import PLUGIN_GROUP, trusted
 from ._registry import TIMM_PREFIX, Entry, MissingExtraError, ModelReferenceError, all_names, from_registry, get, known
 
 __all__ = ["MissingExtraError", "ModelReferenceError", "PLUGIN_GROUP", "TIMM_PREFIX", "check_kwargs", "create",
-           "from_registry",
-           "known", "names", "input_size", "load_weights", "trusted"]
+           "from_registry", "known", "names", "input_size", "load_weights", "trusted"]
 
 
 def names() -> list[str]:
@@ -100,9 +99,8 @@ def create(name: str, num_classes: int | None = None, weights: str | os.PathLike
     entry = _entry(name)
     if num_classes is None:
         num_classes = entry.default_num_classes
-    if num_classes is None and entry.family in ("reference", "plugin"):
-        pass  # a user builder without num_classes
-    elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    takes_none = num_classes is None and entry.family in ("reference", "plugin")  # a builder without num_classes
+    if not takes_none and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(f"zoo: num_classes must be a positive int, got {num_classes!r}")
     spec_kwargs = _resolved_kwargs(name, entry, num_classes, kwargs)
     try:

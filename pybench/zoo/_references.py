@@ -31,6 +31,7 @@ __all__ = ["ModelReferenceError", "PLUGIN_GROUP", "is_reference", "reference_ent
            "trusted"]
 
 PLUGIN_GROUP = "pybench.models"
+TIMM_PREFIX = "timm:"  # timm:NAME names timm's models: not a code reference
 DEFAULT_INPUT_SIZE = (3, 224, 224)
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _REFERENCE = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT}(?:\.{_IDENT})*)$")
@@ -42,7 +43,7 @@ class ModelReferenceError(ValueError):
 
 def is_reference(name: str) -> bool:
     """Whether ``name`` has the shape of a code reference (``module:callable``); ``timm:NAME`` is not one."""
-    return isinstance(name, str) and ":" in name and not name.startswith("timm:")
+    return isinstance(name, str) and ":" in name and not name.startswith(TIMM_PREFIX)
 
 
 def _import(ref: str, module_name: str) -> object:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ._references import ModelReferenceError, is_reference, plugin_builders, plugin_entry, reference_entry
+from ._references import TIMM_PREFIX, ModelReferenceError, is_reference, plugin_builders, plugin_entry, reference_entry
 
 __all__ = ["Entry", "MissingExtraError", "ModelReferenceError", "TIMM_PREFIX", "register", "get", "known",
            "from_registry", "all_names"]
@@ -56,9 +56,6 @@ def _ensure_torchvision() -> None:
 
         torchvision_models.register_all()
         _torchvision_loaded = True
-
-
-TIMM_PREFIX = "timm:"
 
 
 class MissingExtraError(ImportError):

@@ -71,6 +71,9 @@ def _load_suite(args: argparse.Namespace, require_data: bool) -> object:
 def _run(args: argparse.Namespace) -> int:
     from pybench import executors, runner, shard, suite
 
+    if args.retry_failed and not args.resume:
+        raise UsageError("--retry-failed reruns the failed cells of an earlier run: add --resume (and --out FOLDER "
+                         "for a run other than the newest)")
     s = _load_suite(args, require_data=not args.dry_run)
     try:
         spec = str(shard.parse_shard(args.shard)) if args.shard else None
@@ -276,7 +279,10 @@ def _profile(args: argparse.Namespace) -> int:
            "model_config": {"input_size": list(x.shape[1:])},
            "prune": {"scope": "local", "round_to": 1, "min_channels": 1, "ignore": [], "calibration_batches": 0,
                      "example_batch_size": 1, "criterion_options": {}, "schedule_options": {}}}
-    pruned = runner.prune_model(model, cfg, None)
+    try:
+        pruned = runner.prune_model(model, cfg, None)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     try:
         res = measure.profile(model, pruned, x, device=args.device, dtype=args.dtype, iters=args.iters,
                               out_dir=args.out, batch_size=args.batch_size)
@@ -325,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only cells matching (keys: model, criterion, schedule, level, batch_size, dtype, device, "
                    "seed, cell_id, group_id; glob patterns; repeat to AND)")
     r.add_argument("--dry-run", action="store_true", help="print the cell matrix and exit")
-    r.add_argument("--data-root", help="local dataset folder; overrides the suite's [data] root")
+    r.add_argument("--data-root", help="local dataset folder; overrides the suite's [data] root "
+                   "(datasets read from a folder: cifar10, cifar100, imagefolder; the generated ones ignore it)")
     r.add_argument("--results-root", default="results", help="where default run folders go (default results/)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--executor", choices=["local", "ray"], default="local", help="where cells run: local worker "
@@ -425,8 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
-    except UsageError as e:
-        print(f"pybench {args.command}: {e}", file=sys.stderr)
+    except UsageError as e:  # one line: a message that quotes another tool's (torch.load's) keeps to it
+        print(f"pybench {args.command}: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"pybench {args.command}: interrupted", file=sys.stderr)

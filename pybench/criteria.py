@@ -159,8 +159,6 @@ def score(model: nn.Module, graph: ChannelGraph, criterion: str = "l1", data: An
     Returns:
         ``{group: float64 tensor of group.size}``; a group's figure sums its members'.
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
     bad = sorted(set(kw) - criterion_options(criterion))
     if bad:
         allowed = ", ".join(sorted(criterion_options(criterion))) or "none"
@@ -170,11 +168,14 @@ def score(model: nn.Module, graph: ChannelGraph, criterion: str = "l1", data: An
         units = CRITERIA[criterion](model, graph, data, **kw)
     return {g: torch.from_numpy(units[g.comps]) for g in graph.groups}
 
+
 def criterion_options(criterion: str) -> frozenset[str]:
     """The keyword options ``criterion`` takes (its function's named keywords beyond model, graph and data, and
     those of the function it hands ``**kw`` to, named by its ``options_from`` attribute), and ``seed``."""
     import inspect
 
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {', '.join(sorted(CRITERIA))}, got {criterion!r}")
     fn = CRITERIA[criterion]
     names: set[str] = set()
     for f in (fn, getattr(fn, "options_from", None)):

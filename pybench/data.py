@@ -328,6 +328,9 @@ _BUILDERS: dict[str, Callable[..., Splits]] = {
 }
 
 
+READ_FROM_A_FOLDER = frozenset({"cifar10", "cifar100", "imagefolder"})  # the others are generated or bundled
+
+
 def names() -> list[str]:
     """The dataset names :func:`loaders` accepts, sorted."""
     return sorted(_BUILDERS)

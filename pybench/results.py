@@ -162,6 +162,9 @@ def run_folders(paths: Iterable[str | os.PathLike] | str | os.PathLike) -> list[
                 raise FileNotFoundError(f"results: no {RECORDS} under {str(p)!r}; give a run folder written by "
                                         "`pybench run`")
             out.extend(found)
+        elif p.exists():
+            raise FileNotFoundError(f"results: {str(p)!r} is a file, not a run folder; give a run folder written by "
+                                    f"`pybench run` (or its {RECORDS})")
         else:
             raise FileNotFoundError(f"results: {str(p)!r} does not exist; give a run folder written by `pybench run`")
     return list(dict.fromkeys(out))

@@ -249,6 +249,9 @@ def run(suite: Suite, out: str | os.PathLike | None = None, *, resume: bool = Fa
     """
     say = log or _stderr
     t0 = time.perf_counter()
+    if out is None and Path(results_root).exists() and not Path(results_root).is_dir():
+        raise SuiteError(f"--results-root {results_root} is a file, not a folder; give the folder that holds the "
+                         "suites' run folders")
     if out is None:
         if resume:
             found = latest_run(suite, results_root)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -96,6 +98,56 @@ def _build_base(path: str | os.PathLike, base: Any, trust: Iterable[str]) -> nn.
     return zoo.create(name, **kwargs)
 
 
+def _read(path: str | os.PathLike, map_location: Any) -> dict:
+    """The file's dict, by ``torch.load(weights_only=True)``; what that refuses becomes one clear ValueError (torch's
+    own message for a pickle of objects advises loading it unsafely, which pybench never does)."""
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError) as e:
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if named:
+            raise ValueError(f"{path} is not a pybench model file: it pickles objects (it names {named.group(1)}), "
+                             "not only tensors and JSON, and loading it could run code; write the model with pb.save "
+                             "or `pybench prune --output`") from None
+        text = str(e).strip()
+        unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)  # torch's reason, inside its advice
+        first = unpickler.group(1).splitlines()[0] if unpickler else \
+            re.split(r"(?<=\.)\s", text.splitlines()[0] if text else type(e).__name__)[0]
+        raise ValueError(f"{path} is not a pybench model file: torch.load cannot read it ({first[:160]}); it is "
+                         "truncated, damaged or another format") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a pybench pruned-model file (expected format {FORMAT!r})")
+    return blob
+
+
+def _spec(path: str | os.PathLike, blob: dict) -> dict:
+    """The JSON spec of a file, its shape checked: {"base": {...}, "modules": {name: {"type", "attrs"}}}."""
+    try:
+        doc = json.loads(blob.get("spec"))
+    except (TypeError, ValueError):
+        doc = None
+    ok = isinstance(doc, dict) and isinstance(doc.get("modules"), dict) and isinstance(blob.get("state_dict"), dict)
+    ok = ok and all(isinstance(e, dict) and isinstance(e.get("type"), str) and isinstance(e.get("attrs"), dict)
+                    for e in doc["modules"].values())
+    if not ok:
+        raise ValueError(f"{path}: its spec or state dict is damaged (expected {{'base', 'modules'}} and a dict of "
+                         "tensors); the file was not written by pb.save")
+    return doc
+
+
+def _check_size_attr(path: str | os.PathLike, name: str, m: nn.Module, key: str, value: Any) -> None:
+    """A file sets only size attributes -- pybench's list, or one the rebuilt module already holds as an int or a
+    sequence -- and only to ints or lists of ints."""
+    known = key in SIZE_ATTRS or (not isinstance(m.__dict__.get(key), bool)
+                                  and isinstance(m.__dict__.get(key), (int, tuple, list)))
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not known or not (is_int(value) or (isinstance(value, list) and all(is_int(v) for v in value))):
+        raise ValueError(f"{path}: module {name!r}: {key!r} = {value!r} is not a size attribute pb.save writes; "
+                         "the file is damaged or was not written by pb.save")
+
+
 def _resize(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     own = dict(model.state_dict(keep_vars=True))
     for key, t in state.items():
@@ -121,10 +173,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu
     """
     if isinstance(trust, str):
         trust = (trust,)
-    blob = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a pybench pruned-model file (expected format {FORMAT!r})")
-    doc = json.loads(blob["spec"])
+    blob = _read(path, map_location)
+    doc = _spec(path, blob)
     model = _build_base(path, doc["base"], trust)
     modules = dict(model.named_modules())
     for name, entry in doc["modules"].items():
@@ -134,6 +184,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu
             raise ValueError(f"{path}: module {name!r} should be a {entry['type']} but the rebuilt base model has "
                              f"{found}; the base model's code or kwargs changed since it was saved")
         for k, v in entry["attrs"].items():
+            _check_size_attr(path, name, m, k, v)
             setattr(m, k, tuple(v) if isinstance(v, list) else v)
     _resize(model, blob["state_dict"])
     model.load_state_dict(blob["state_dict"], strict=True)

@@ -245,10 +245,13 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
 
     if data["name"]:
         _allowed(where, "name", [data["name"]], pdata.names())
-    if data_root is not None:
+    needs_root = data["name"] in pdata.READ_FROM_A_FOLDER
+    if data["root"] and data["name"] and not needs_root:
+        raise SuiteError(f"{where}: dataset {data['name']!r} is generated or bundled and takes no key 'root' "
+                         f"(got {data['root']!r}); remove it")
+    if data_root is not None and needs_root:  # --data-root is machine-wide: the generated datasets ignore it
         data["root"] = data_root
     data["root"] = expand_env(data["root"], where, "root", required=require_data and bool(data["name"]))
-    needs_root = data["name"] in ("cifar10", "cifar100", "imagefolder")
     if needs_root and require_data and not data["root"]:
         raise SuiteError(f"{where}: dataset {data['name']!r} needs key 'root' (a local folder; pybench never "
                          "downloads); set it in the file, through an environment variable, or pass --data-root")
@@ -274,6 +277,15 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
     if pr["round_to"] < 1 or pr["min_channels"] < 1:
         raise SuiteError(f"{where}: keys 'round_to' and 'min_channels' must be >= 1")
     _allowed(where, "schedule_options", list(pr["schedule_options"]), SCHEDULES, " (a table per schedule)")
+    from pybench.worker import schedule_options
+
+    for name, opts in pr["schedule_options"].items():
+        if not isinstance(opts, dict):
+            raise SuiteError(f"{where}: schedule_options.{name} must be a table of that schedule's options, got "
+                             f"{opts!r}")
+        _allowed(f"{where} schedule_options", name, list(opts), schedule_options(name) or ("(none)",),
+                 " (one_shot cells take [prune]'s own keys: scope, round_to, min_channels, ignore)"
+                 if name == "one_shot" else f" (the options of pybench.schedules.{name})")
     from pybench.criteria import criterion_options
 
     takes = set().union(*(criterion_options(c) for c in m["criteria"]))
@@ -330,10 +342,19 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
 def load(path: str | os.PathLike, data_root: str | None = None, require_data: bool = True) -> Suite:
     """Read and validate the suite file ``path`` (see :func:`loads`)."""
     p = Path(path)
+    if p.is_dir():
+        raise SuiteError(f"{p}: a folder, not a suite file; give a suite's TOML file (e.g. suites/smoke.toml)")
     if not p.is_file():
         raise SuiteError(f"{p}: no such suite file (the shipped ones are in suites/: "
                          f"{', '.join(sorted(s.stem for s in Path('suites').glob('*.toml'))) or 'none here'})")
-    return loads(p.read_text(), str(p), data_root=data_root, require_data=require_data)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SuiteError(f"{p}: not a suite file (not UTF-8 text: byte {e.start} is {e.object[e.start]:#04x}); "
+                         "a suite is a TOML file") from None
+    except OSError as e:
+        raise SuiteError(f"{p}: cannot read the suite file ({e.strerror or e})") from None
+    return loads(text, str(p), data_root=data_root, require_data=require_data)
 
 
 _FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
@@ -440,7 +461,11 @@ def parse_filter(exprs: list[str] | None) -> dict[str, list[str]]:
             key = key.strip()
             if key not in FILTER_KEYS:
                 raise SuiteError(f"--filter {expr!r}: unknown key {key!r}; allowed keys: {', '.join(FILTER_KEYS)}")
-            out.setdefault(key, []).extend(v.strip() for v in value.split(",") if v.strip())
+            pats = [v.strip() for v in value.split(",") if v.strip()]
+            if not pats:
+                raise SuiteError(f"--filter {expr!r}: key {key!r} has no pattern; give one or more after '=' "
+                                 f"(e.g. {key}=*)")
+            out.setdefault(key, []).extend(pats)
     return out
 
 
@@ -465,4 +490,9 @@ def filter_cells(cells: list[Cell], exprs: list[str] | dict[str, list[str]] | No
         values = {**c.config, "cell_id": c.cell_id, "group_id": c.group_id}
         if all(_matches(values[k], pats) for k, pats in f.items()):
             out.append(c)
+    if f and cells and not out:  # a typo in a pattern must not pass as an empty, successful run
+        seen = {k: sorted({str({**c.config, "cell_id": c.cell_id, "group_id": c.group_id}[k]) for c in cells})
+                for k in f}
+        have = "; ".join(f"{k}: {', '.join(v[:8])}{', ...' if len(v) > 8 else ''}" for k, v in seen.items())
+        raise SuiteError(f"--filter matches none of the suite's {len(cells)} cells (the suite has {have})")
     return out

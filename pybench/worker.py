@@ -230,6 +230,23 @@ def _fine_tune(model: Any, loader: Any, epochs: int, **kw: Any) -> None:
         train.fine_tune(model, loader, epochs, device="cpu", **kw)
 
 
+# a schedule's arguments that a cell fills (the model, its input, data, loaders, [fine_tune], the level): the rest
+# are what [prune] schedule_options.<schedule> may set
+_FILLED_BY_THE_CELL = frozenset({"model", "example_inputs", "criterion", "data", "progress", "train_loader",
+                                 "val_loader", "fine_tune_epochs", "fine_tune_kw", "criterion_kw", "ratio",
+                                 "macs_target"})
+
+
+def schedule_options(name: str) -> list[str]:
+    """The keys ``[prune] schedule_options.<name>`` may hold. one_shot cells prune through pybench.prune with
+    [prune]'s own keys (scope, round_to, min_channels, ignore), so they take none."""
+    if name == "one_shot":
+        return []
+    from pybench import schedules
+
+    return sorted(set(inspect.signature(getattr(schedules, name)).parameters) - _FILLED_BY_THE_CELL)
+
+
 def _schedule(dense: Any, x: Any, cfg: dict[str, Any], data: Any, loaders: Any, kw: dict[str, Any]) -> Any:
     """Run a pybench.schedules schedule. ``level`` is its ``ratio``; for layerwise_alpha (no ratio) it becomes
     ``macs_target = 1 - level``; gradual_global stops at its accuracy ``target`` ([prune] schedule_options). The

@@ -255,3 +255,145 @@ def test_prune_with_an_input_the_model_does_not_take(capsys):
 def test_prune_output_into_a_missing_folder(tmp_path, capsys):
     _one_line_exit_2(capsys, cli.main(["prune", "xor_mlp", "-o", str(tmp_path / "no" / "such" / "m.pt")]),
                      "--output", "cannot write the model there")
+
+
+def test_run_out_without_permission_is_one_line(tmp_path, capsys, monkeypatch):
+    """No permission to create the run folder (simulated: root may write anywhere): exit 2, nothing created."""
+    from pathlib import Path
+
+    def refuse(self, *a, **kw):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    _one_line_exit_2(capsys, cli.main(["run", str(_suite(tmp_path)), "--out", str(tmp_path / "r"), "--no-progress"]),
+                     "--out", "cannot create the run folder (Permission denied)")
+    assert not (tmp_path / "r").exists()
+
+
+def test_results_root_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "root").write_text("x")
+    _one_line_exit_2(capsys, cli.main(["run", str(_suite(tmp_path)), "--results-root", str(tmp_path / "root"),
+                                       "--no-progress"]), "--results-root", "is a file, not a folder")
+    assert (tmp_path / "root").read_text() == "x"
+
+
+@pytest.mark.parametrize("content, says", [(b"\xff\xfe\x00garbage", "not UTF-8 text"), (None, "a folder, not a suite")])
+def test_a_suite_path_that_is_no_suite_file(tmp_path, capsys, content, says):
+    p = tmp_path / "s.toml"
+    if content is None:
+        p.mkdir()
+    else:
+        p.write_bytes(content)
+    _one_line_exit_2(capsys, cli.main(["run", str(p), "--no-progress"]), says)
+
+
+@pytest.mark.parametrize("flt, says", [("model=", "has no pattern"),
+                                       ("model=nomatch*", "matches none of the suite's 2 cells"),
+                                       ("level=0.7", "level: 0.0, 0.5")])
+def test_a_filter_that_selects_nothing_is_refused_and_leaves_no_folder(tmp_path, capsys, flt, says):
+    out = tmp_path / "r"
+    code = cli.main(["run", str(_suite(tmp_path)), "--out", str(out), "--no-progress", "--filter", flt])
+    _one_line_exit_2(capsys, code, "--filter", says)
+    assert not out.exists()
+
+
+def test_retry_failed_without_resume_is_a_usage_error(tmp_path, capsys):
+    _one_line_exit_2(capsys, cli.main(["run", str(_suite(tmp_path)), "--retry-failed", "--no-progress"]),
+                     "--retry-failed", "--resume")
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("table, says", [
+    ('[prune]\nschedule_options = { iterative = { stesp = 2 } }\n', "schedule_options: key 'iterative' has 'stesp'"),
+    ('[prune]\nschedule_options = { one_shot = { normalize_by = "max" } }\n', "one_shot cells take [prune]'s own keys"),
+    ('[prune]\nschedule_options = { iterative = 3 }\n', "must be a table"),
+])
+def test_schedule_options_nobody_takes_are_refused_when_the_suite_loads(tmp_path, capsys, monkeypatch, table, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text(SUITE.format(name="sched") + table)
+    _one_line_exit_2(capsys, cli.main(["run", "s.toml", "--no-progress"]), says)
+
+
+def test_every_shipped_schedule_option_is_one_the_schedule_takes():
+    from pybench import suite as S
+
+    for p in sorted(__import__("pathlib").Path("suites").glob("*.toml")):
+        S.load(p, require_data=False)  # sandor's alpha / order, babel's steps, wang's target / rate ...
+
+
+def test_a_root_for_a_generated_dataset_is_refused_but_data_root_is_machine_wide(tmp_path, capsys):
+    from pybench import suite as S
+
+    text = SUITE.format(name="d") + '[data]\nname = "xor"\n'
+    with pytest.raises(S.SuiteError, match="dataset 'xor' is generated or bundled and takes no key 'root'"):
+        S.loads(text + 'root = "/data"\n', "s.toml")
+    # one --data-root for every suite of a nightly script: the generated datasets ignore it (and their cells run)
+    assert S.loads(text, "s.toml", data_root=str(tmp_path / "anything")).data["root"] == ""
+    (tmp_path / "x.toml").write_text(text)
+    out = tmp_path / "r"
+    assert cli.main(["run", str(tmp_path / "x.toml"), "--out", str(out), "--no-progress",
+                     "--data-root", str(tmp_path / "nowhere")]) == 0
+    assert {r["status"] for r in R.Store(out).records()} == {"ok"}
+
+
+@pytest.mark.parametrize("command", ["prune", "profile"])
+def test_an_unknown_criterion_on_the_command_line(capsys, command):
+    _one_line_exit_2(capsys, cli.main([command, "xor_mlp", "--criterion", "l3"]), "criterion must be one of",
+                     "l1", "'l3'")
+
+
+@pytest.mark.parametrize("command", ["report", "check", "compare"])
+def test_a_file_where_a_run_folder_is_expected(tmp_path, capsys, command):
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    argv = {"report": ["report", str(f)], "check": ["check", str(f), "--baseline", str(f)],
+            "compare": ["compare", str(f), str(f)]}[command]
+    _one_line_exit_2(capsys, cli.main(argv), "is a file, not a run folder")
+
+
+def _hostile_files(tmp_path):
+    """(name, path, what the refusal says) of files that are not pb.save's, each as an attacker or an accident
+    would make it."""
+    import zipfile
+
+    import torchvision
+
+    from pybench import serialize, zoo
+
+    good = tmp_path / "good.pt"
+    serialize.save(zoo.create("xor_mlp"), good)
+    raw = good.read_bytes()
+    files = {"random": (os.urandom(64), "torch.load cannot read it"), "empty": (b"", "torch.load cannot read it"),
+             "truncated": (raw[: len(raw) // 2], "truncated, damaged or another format")}
+    out = []
+    for name, (data, says) in files.items():
+        (tmp_path / name).write_bytes(data)
+        out.append((name, tmp_path / name, says))
+    torch.save(torchvision.models.resnet18(num_classes=2), tmp_path / "pickled")
+    out.append(("pickled module", tmp_path / "pickled",
+                "it pickles objects (it names torchvision.models.resnet.ResNet)"))
+    with zipfile.ZipFile(tmp_path / "zip", "w") as z:
+        z.writestr("x/data.pkl", b"garbage")
+    out.append(("foreign zip", tmp_path / "zip", "torch.load cannot read it"))
+    torch.save({"format": serialize.FORMAT, "spec": "{not json", "state_dict": {}}, tmp_path / "badspec")
+    out.append(("damaged spec", tmp_path / "badspec", "its spec or state dict is damaged"))
+    blob = torch.load(good, weights_only=True)
+    doc = json.loads(blob["spec"])
+    first = next(iter(doc["modules"]))
+    doc["modules"][first]["attrs"]["forward"] = 1  # not a size attribute: a file may set nothing else
+    torch.save({**blob, "spec": json.dumps(doc)}, tmp_path / "attrs")
+    out.append(("foreign attribute", tmp_path / "attrs", "'forward' = 1 is not a size attribute"))
+    return out
+
+
+def test_hostile_model_files_are_refused_clearly_by_pb_load_and_the_cli(tmp_path, capsys):
+    import pybench as pb
+
+    cases = _hostile_files(tmp_path)
+    assert len(cases) == 7
+    for name, path, says in cases:
+        with pytest.raises(ValueError, match=None) as info:
+            pb.load(path)
+        assert says in str(info.value), (name, info.value)
+        assert "weights_only` set to `False`" not in str(info.value)  # torch's advice to load it unsafely
+        _one_line_exit_2(capsys, cli.main(["prune", str(path), "--input-size", "2"]), says)

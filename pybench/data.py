@@ -329,6 +329,19 @@ _BUILDERS: dict[str, Callable[..., Splits]] = {
 
 
 READ_FROM_A_FOLDER = frozenset({"cifar10", "cifar100", "imagefolder"})  # the others are generated or bundled
+_BUILDER_FUNCTIONS: dict[str, Callable[..., Splits]] = {"cifar10": cifar, "cifar100": cifar,
+                                                        "imagefolder": image_folder, "digits": digits, "xor": xor,
+                                                        "fake": fake}
+_FIXED = frozenset({"root", "seed", "num_classes"})  # given by the dataset's name, its root and the cell's seed
+
+
+def options(name: str) -> list[str]:
+    """The keyword options ``loaders(name, ...)`` takes besides root, seed and the batch sizes: the dataset
+    builder's own and the loaders' (num_workers, shuffle, drop_last, pin_memory)."""
+    import inspect
+
+    own = set(inspect.signature(_BUILDER_FUNCTIONS[_check_name(name)]).parameters) - _FIXED
+    return sorted(own | {"num_workers", "shuffle", "drop_last", "pin_memory"})
 
 
 def names() -> list[str]:

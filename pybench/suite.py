@@ -20,6 +20,7 @@ import copy
 import fnmatch
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -131,6 +132,14 @@ def _check_type(where: str, key: str, value: Any, t: type) -> Any:
     return value
 
 
+def _at_least(where: str, table: dict[str, Any], **lows: float) -> None:
+    """Each named key of ``table`` is a finite number >= its low bound."""
+    for key, low in lows.items():
+        v = table[key]
+        if not (v >= low and math.isfinite(v)):
+            raise SuiteError(f"{where}: key {key!r} must be >= {low}, got {v}")
+
+
 def _allowed(where: str, key: str, values: list[Any], allowed: list[Any] | tuple[Any, ...], extra: str = "") -> None:
     bad = [v for v in values if v not in allowed]
     if bad:
@@ -235,9 +244,7 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
     met = tables["metrics"]
     where = f"{path} [metrics]"
     _allowed(where, "collect", met["collect"], METRICS)
-    for key, low in (("repeats", 1), ("warmup", 0), ("iters", 1), ("accuracy_max_batches", 0)):
-        if met[key] < low:
-            raise SuiteError(f"{where}: key {key!r} must be >= {low}, got {met[key]}")
+    _at_least(where, met, repeats=1, warmup=0, iters=1, accuracy_max_batches=0, min_time=0.0)
 
     data = tables["data"]
     where = f"{path} [data]"
@@ -245,6 +252,11 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
 
     if data["name"]:
         _allowed(where, "name", [data["name"]], pdata.names())
+        _allowed(where, "options", list(data["options"]), pdata.options(data["name"]),
+                 f" (the options of dataset {data['name']!r})")
+    for key in ("batch_size", "eval_batch_size"):
+        if data[key] < 1:
+            raise SuiteError(f"{where}: key {key!r} must be >= 1, got {data[key]}")
     needs_root = data["name"] in pdata.READ_FROM_A_FOLDER
     if data["root"] and data["name"] and not needs_root:
         raise SuiteError(f"{where}: dataset {data['name']!r} is generated or bundled and takes no key 'root' "
@@ -268,14 +280,17 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
             raise SuiteError(f"{path} [{table}]: keys 'epochs' and 'max_batches' must be >= 0")
         if t["epochs"] and not data["name"]:
             raise SuiteError(f"{path} [{table}]: epochs = {t['epochs']} needs a dataset: set [data] name")
+        _at_least(f"{path} [{table}]", t, bn_recalibrate_batches=0, weight_decay=0.0, momentum=0.0)
+        if not (t["lr"] > 0 and math.isfinite(t["lr"])) or t["momentum"] > 1:
+            raise SuiteError(f"{path} [{table}]: key 'lr' must be a finite number > 0 and 'momentum' at most 1, got "
+                             f"lr = {t['lr']}, momentum = {t['momentum']}")
         _allowed(f"{path} [{table}]", "optimizer", [t["optimizer"]], ("sgd", "adam", "adamw"))
         _allowed(f"{path} [{table}]", "scheduler", [t["scheduler"]], ("", "cosine", "step", "multistep"))
 
     pr = tables["prune"]
     where = f"{path} [prune]"
     _allowed(where, "scope", [pr["scope"]], ("local", "global"))
-    if pr["round_to"] < 1 or pr["min_channels"] < 1:
-        raise SuiteError(f"{where}: keys 'round_to' and 'min_channels' must be >= 1")
+    _at_least(where, pr, round_to=1, min_channels=1, calibration_batches=0, example_batch_size=1)
     _allowed(where, "schedule_options", list(pr["schedule_options"]), SCHEDULES, " (a table per schedule)")
     from pybench.worker import schedule_options
 
@@ -295,8 +310,8 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
     run = tables["run"]
     _allowed(f"{path} [run]", "isolation", [run["isolation"]], ISOLATION)
     for key in ("timeout_s", "prepare_timeout_s"):
-        if run[key] <= 0:
-            raise SuiteError(f"{path} [run]: key {key!r} must be > 0 seconds, got {run[key]}")
+        if not (run[key] > 0 and math.isfinite(run[key])):
+            raise SuiteError(f"{path} [run]: key {key!r} must be a finite number of seconds > 0, got {run[key]}")
     # how many processes fine-tune data-parallel: an execution resource (like a thread count), not in the cell ids
     if run["fine_tune_processes"] < 1:
         raise SuiteError(f"{path} [run]: key 'fine_tune_processes' must be an integer >= 1 (1: one process, no "
@@ -331,8 +346,19 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
                 zoo.check_kwargs(name, models[name]["kwargs"], models[name].get("num_classes"))
             except TypeError as e:
                 raise SuiteError(f"{where}: key 'kwargs': {e}") from None
+        size = models[name].get("input_size")
+        if size is not None and not (size and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                  for v in size)):
+            raise SuiteError(f"{where}: key 'input_size' must list positive integers without the batch dim (e.g. "
+                             f"[3, 32, 32]), got {size!r}")
+        if models[name].get("num_classes", 1) < 1:
+            raise SuiteError(f"{where}: key 'num_classes' must be >= 1, got {models[name]['num_classes']}")
         if "weights" in models[name]:
-            models[name]["weights"] = expand_env(models[name]["weights"], where, "weights", require_data)
+            w = models[name]["weights"] = expand_env(models[name]["weights"], where, "weights", require_data)
+            if require_data and not os.path.isfile(w):
+                what = "is a folder, not a file" if os.path.isdir(w) else "does not exist"
+                raise SuiteError(f"{where}: key 'weights' {w!r} {what}; give a local state-dict file "
+                                 "(torch.save(model.state_dict(), path); pybench never downloads)")
     _check_folder_name(path, tables["suite"]["name"])
     return Suite(name=tables["suite"]["name"], path=path, description=tables["suite"]["description"], matrix=m,
                  metrics=met, data=data, train=tables["train"], fine_tune=tables["fine_tune"], prune=pr, run=run,

@@ -397,3 +397,25 @@ def test_hostile_model_files_are_refused_clearly_by_pb_load_and_the_cli(tmp_path
         assert says in str(info.value), (name, info.value)
         assert "weights_only` set to `False`" not in str(info.value)  # torch's advice to load it unsafely
         _one_line_exit_2(capsys, cli.main(["prune", str(path), "--input-size", "2"]), says)
+
+
+@pytest.mark.parametrize("table, says", [
+    ('[data]\nname = "xor"\noptions = { n_trian = 10 }\n', "[data]: key 'options' has 'n_trian'; allowed values:"),
+    ('[data]\nname = "xor"\nbatch_size = 0\n', "key 'batch_size' must be >= 1"),
+    ('[data]\nname = "xor"\n[train]\nepochs = 1\nlr = -0.1\n', "[train]: key 'lr' must be a finite number > 0"),
+    ('[data]\nname = "xor"\n[fine_tune]\nmomentum = 1.5\n', "'momentum' at most 1"),
+    ('[fine_tune]\nweight_decay = -1.0\n', "key 'weight_decay' must be >= 0"),
+    ('[prune]\ncalibration_batches = -1\n', "key 'calibration_batches' must be >= 0"),
+    ('[prune]\nexample_batch_size = 0\n', "key 'example_batch_size' must be >= 1"),
+    ('[run]\ntimeout_s = nan\n', "key 'timeout_s' must be a finite number of seconds > 0, got nan"),
+    ('[run]\nprepare_timeout_s = inf\n', "got inf"),
+    ('[models.xor_mlp]\ninput_size = [-2]\n', "key 'input_size' must list positive integers"),
+    ('[models.xor_mlp]\ninput_size = []\n', "key 'input_size' must list positive integers"),
+    ('[models.xor_mlp]\nnum_classes = 0\n', "key 'num_classes' must be >= 1"),
+    ('[models.xor_mlp]\nweights = "no/such/weights.pt"\n', "key 'weights' 'no/such/weights.pt' does not exist"),
+])
+def test_suite_values_out_of_range_are_refused_when_it_loads(tmp_path, capsys, monkeypatch, table, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text(SUITE.format(name="vals") + table)
+    _one_line_exit_2(capsys, cli.main(["run", "s.toml", "--no-progress"]), says)
+    assert not (tmp_path / "results").exists()

@@ -155,7 +155,11 @@ def submodules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
         m = found.get(name)
         if m is None:
             parent, _, leaf = name.rpartition(".")
-            m = found[name] = get(parent)._modules[leaf]
+            m = get(parent)._modules.get(leaf)
+            if m is None:  # the graph was traced from another architecture
+                raise ValueError(f"{type(model).__name__} has no module {name!r} that the graph names: the graph was "
+                                 "traced from another model; trace this one (pb.trace(model, example_inputs))")
+            found[name] = m
         return m
 
     return {name: get(name) for name in names}

@@ -175,7 +175,7 @@ def criterion_options(criterion: str) -> frozenset[str]:
     import inspect
 
     if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {', '.join(sorted(CRITERIA))}, got {criterion!r}")
+        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
     fn = CRITERIA[criterion]
     names: set[str] = set()
     for f in (fn, getattr(fn, "options_from", None)):

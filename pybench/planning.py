@@ -88,6 +88,21 @@ def _check(graph: ChannelGraph, ratio: float, scope: str, round_to: int, min_cha
         raise ValueError(f"min_channels must be an int >= 1 (a layer is never pruned away), got {min_channels!r}")
 
 
+def _check_scores(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor]) -> None:
+    """Scores are keyed by this graph's groups: an empty dict, or one from another trace (whose groups are other
+    objects), would silently prune nothing."""
+    if not isinstance(scores, Mapping):
+        raise TypeError(f"scores must be a dict {{group: tensor}} from pb.score, got {type(scores).__name__}")
+    if not scores and graph.groups:
+        raise ValueError(f"scores is empty but the graph has {len(graph.groups)} groups; score them with "
+                         "pb.score(model, graph, criterion)")
+    own = set(map(id, graph.groups))
+    foreign = [k for k in scores if id(k) not in own]
+    if foreign:
+        raise ValueError(f"scores hold {len(foreign)} group(s) that are not this graph's (scored on another "
+                         "pb.trace?); score the graph you plan: pb.score(model, graph, criterion)")
+
+
 def _ignored(graph: ChannelGraph, ignore: Iterable[str]) -> set[int]:
     ignore = [ignore] if isinstance(ignore, str) else list(ignore)
     if not ignore:
@@ -187,6 +202,7 @@ def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float
         ignore: module or parameter names whose groups stay whole.
     """
     _check(graph, ratio, scope, round_to, min_channels)
+    _check_scores(graph, scores)
     skip = _ignored(graph, ignore)
     arrays: dict[Group, np.ndarray] = {}
     for g in graph.groups:
@@ -196,6 +212,9 @@ def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float
         s = s.detach().cpu().numpy() if isinstance(s, torch.Tensor) else np.asarray(s)
         if s.shape != (g.size,):
             raise ValueError(f"scores for {g!r} must have shape ({g.size},), got {tuple(s.shape)}")
+        if np.isnan(s).any():
+            raise ValueError(f"scores for {g!r} hold NaN at {np.flatnonzero(np.isnan(s))[:5].tolist()}: a criterion "
+                             "that diverged ranks nothing; check the model's weights and data")
         arrays[g] = s.astype(np.float64, copy=False)  # read only
     removals = {g: int(math.floor(ratio * g.size + 1e-9)) for g in arrays}
     if scope == "global" and arrays:

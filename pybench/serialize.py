@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import re
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from pybench._torch_load import load_data
 
 __all__ = ["load", "save"]
 
@@ -99,22 +99,9 @@ def _build_base(path: str | os.PathLike, base: Any, trust: Iterable[str]) -> nn.
 
 
 def _read(path: str | os.PathLike, map_location: Any) -> dict:
-    """The file's dict, by ``torch.load(weights_only=True)``; what that refuses becomes one clear ValueError (torch's
-    own message for a pickle of objects advises loading it unsafely, which pybench never does)."""
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError) as e:
-        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if named:
-            raise ValueError(f"{path} is not a pybench model file: it pickles objects (it names {named.group(1)}), "
-                             "not only tensors and JSON, and loading it could run code; write the model with pb.save "
-                             "or `pybench prune --output`") from None
-        text = str(e).strip()
-        unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)  # torch's reason, inside its advice
-        first = unpickler.group(1).splitlines()[0] if unpickler else \
-            re.split(r"(?<=\.)\s", text.splitlines()[0] if text else type(e).__name__)[0]
-        raise ValueError(f"{path} is not a pybench model file: torch.load cannot read it ({first[:160]}); it is "
-                         "truncated, damaged or another format") from None
+    """The file's dict: plain data only (:func:`pybench._torch_load.load_data`), in pb.save's format."""
+    blob = load_data(path, "a pybench model file", "; write the model with pb.save or `pybench prune --output`",
+                     map_location)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a pybench pruned-model file (expected format {FORMAT!r})")
     return blob

@@ -419,3 +419,55 @@ def test_suite_values_out_of_range_are_refused_when_it_loads(tmp_path, capsys, m
     (tmp_path / "s.toml").write_text(SUITE.format(name="vals") + table)
     _one_line_exit_2(capsys, cli.main(["run", "s.toml", "--no-progress"]), says)
     assert not (tmp_path / "results").exists()
+
+
+def _small():
+    import torch.nn as nn
+
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    return m, torch.randn(1, 3, 8, 8)
+
+
+@pytest.mark.parametrize("case, error, says", [
+    ("empty scores", ValueError, "scores is empty but the graph has 1 groups"),
+    ("scores of another trace", ValueError, "scores hold 1 group(s) that are not this graph's"),
+    ("NaN scores", ValueError, "hold NaN at [0, 1, 2, 3, 4]"),
+    ("scores not a dict", TypeError, "scores must be a dict"),
+    ("graph of another model", ValueError, "has no module '0' that the graph names"),
+])
+def test_plans_that_would_silently_prune_nothing_or_garbage_are_refused(case, error, says):
+    """A plan from no scores, another trace's scores or NaN would prune nothing (or at random) without a word."""
+    from collections import OrderedDict
+
+    import torch.nn as nn
+
+    import pybench as pb
+
+    m, x = _small()
+    g = pb.trace(m, x)
+    scores = pb.score(m, g, "l1")
+    with pytest.raises(error) as info:
+        if case == "empty scores":
+            pb.plan(g, {}, ratio=0.5)
+        elif case == "scores of another trace":
+            pb.plan(g, pb.score(m, pb.trace(m, x), "l1"), ratio=0.5)
+        elif case == "NaN scores":
+            pb.plan(g, {k: torch.full_like(v, float("nan")) for k, v in scores.items()}, ratio=0.5)
+        elif case == "scores not a dict":
+            pb.plan(g, list(scores.values()), ratio=0.5)
+        else:
+            pb.score(nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 8, 3))), g, "l1")
+    assert says in str(info.value), info.value
+    assert pb.plan(g, scores, ratio=0.5).keep  # the right scores still plan
+
+
+def test_weights_files_that_are_not_state_dicts_are_refused_clearly(tmp_path):
+    import pybench as pb
+
+    for name, path, says in _hostile_files(tmp_path)[:4]:  # random, empty, truncated, a pickled module
+        with pytest.raises(ValueError) as info:
+            pb.zoo.create("xor_mlp", weights=path)
+        assert f"{path} is not a weights file" in str(info.value) and says in str(info.value), (name, info.value)
+        assert "weights_only` set to `False`" not in str(info.value)
+    with pytest.raises(FileNotFoundError, match="is a folder, not a file"):
+        pb.zoo.create("xor_mlp", weights=tmp_path)

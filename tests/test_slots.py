@@ -182,7 +182,7 @@ def test_submodules_are_get_submodule():
     found = _slots.submodules(model, names[::-1])
     assert list(found) == names[::-1]
     assert all(found[n] is model.get_submodule(n) for n in names)
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="has no module .features.nope. that the graph names"):
         _slots.submodules(model, ["features.nope"])
 
 

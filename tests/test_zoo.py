@@ -276,7 +276,7 @@ def test_weights_not_a_state_dict(tmp_path):
     with pytest.raises(ValueError, match="does not hold a state dict"):
         pb.zoo.create("xor_mlp", weights=path)
     (tmp_path / "text.pt").write_text("not a torch file")
-    with pytest.raises(ValueError, match="could not read weights file"):
+    with pytest.raises(ValueError, match="is not a weights file: torch.load cannot read it"):
         pb.zoo.create("xor_mlp", weights=tmp_path / "text.pt")
 
 

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pybench._torch_load import load_data
+
 from . import cifar_resnet, cifar_vgg, mobilenet_v1, xor_mlp  # noqa: F401  (importing registers them)
 from ._references import PLUGIN_GROUP, trusted
 from ._registry import TIMM_PREFIX, Entry, MissingExtraError, ModelReferenceError, all_names, from_registry, get, known
@@ -159,13 +161,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"zoo: weights file {path!r} does not exist; weights= takes a local file written "
-                                "by torch.save(model.state_dict(), path) (pybench never downloads weights)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"zoo: could not read weights file {path!r} as a state dict "
-                         f"(torch.load(weights_only=True) failed: {e})") from e
+        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+        raise FileNotFoundError(f"zoo: weights file {path!r} {what}; weights= takes a local file written by "
+                                "torch.save(model.state_dict(), path) (pybench never downloads weights)")
+    state = load_data(path, "a weights file", "; weights= takes a state dict written by "
+                      "torch.save(model.state_dict(), path)")
     if isinstance(state, Mapping):
         for key in ("state_dict", "model"):
             if key in state and isinstance(state[key], Mapping):

@@ -196,6 +196,7 @@ class _Tracer:
     def __init__(self, model: nn.Module, ctx: rules.TraceContext, modules: dict[str, nn.Module], strict: bool,
                  notes: list[str]) -> None:
         self.model, self.ctx, self.strict, self.notes = model, ctx, strict, notes
+        self.modules = modules
         self.paths = {id(m): name for name, m in modules.items()}
         self.ops: list[tuple[str, str]] = []  # (kind, target) of every operation, to compare train and eval runs
         self._tensor_names: dict[int, str] | None = None
@@ -203,12 +204,13 @@ class _Tracer:
 
     # -- stand-ins for parameters and buffers -----------------------------------------------------------------------
     def tensor_name(self, t: torch.Tensor) -> str | None:
-        if self._tensor_names is None:
+        if self._tensor_names is None:  # named_parameters' then named_buffers' names, from the modules already walked
             names: dict[int, str] = {}
-            for n, p in self.model.named_parameters():
-                names.setdefault(id(p), n)
-            for n, b in self.model.named_buffers():
-                names.setdefault(id(b), n)
+            for attr in ("_parameters", "_buffers"):
+                for prefix, m in self.modules.items():
+                    for n, v in getattr(m, attr).items():
+                        if v is not None:
+                            names.setdefault(id(v), f"{prefix}.{n}" if prefix else n)
             self._tensor_names = names
         return self._tensor_names.get(id(t))
 

@@ -92,6 +92,30 @@ def _elementwise_meta(fn: Any, args: tuple, kwargs: dict) -> torch.Tensor | None
     return torch.empty(shape, dtype=dtype, device="meta")
 
 
+# in-place binary ops: their meta kernels broadcast through Python references too; the result is the input itself
+_INPLACE = {operator.iadd, operator.imul, operator.isub, operator.itruediv, "add_", "mul_", "sub_", "div_"}
+
+
+def _inplace_meta(fn: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``a`` for ``a op= b`` on a meta tensor ``a`` when ``b`` broadcasts to it and the result casts to its dtype;
+    None for others (the meta kernel then decides, and raises as torch would)."""
+    if kwargs or len(args) != 2 or fn not in _INPLACE:
+        return None
+    a, b = args
+    if type(a) is not torch.Tensor or a.device.type != "meta" or isinstance(b, bool):
+        return None
+    if isinstance(b, torch.Tensor):
+        if b.device.type != "meta" or _broadcast(a.shape, b.shape) != tuple(a.shape):
+            return None
+    elif not isinstance(b, (int, float)):
+        return None
+    true_div = fn in (operator.itruediv, "div_")
+    dtype = torch.result_type(a, b)
+    if true_div and not dtype.is_floating_point or not torch.can_cast(dtype, a.dtype):
+        return None
+    return a
+
+
 def _meta_like(x: torch.Tensor, shape: tuple[int, ...] | torch.Size | None = None) -> torch.Tensor:
     return torch.empty(x.shape if shape is None else shape, dtype=x.dtype, device="meta")
 
@@ -283,6 +307,8 @@ def function_step(ctx: rules.TraceContext, kind: str, target: Any, scope: str, a
         rule = fn_rules.FUNCTION_RULES.get(target)
         out = _elementwise_meta(target, args, kwargs)
         if out is None:
+            out = _inplace_meta(target, args, kwargs)
+        if out is None:
             out = _by_arithmetic(where, _SHAPE_BY_ARITHMETIC.get(target), args, kwargs)
         if out is None:
             out = run_op(where, target, *args, **kwargs)
@@ -290,6 +316,8 @@ def function_step(ctx: rules.TraceContext, kind: str, target: Any, scope: str, a
         where = f"{scope}: Tensor.{target}"
         rule = fn_rules.METHOD_RULES.get(target)
         out = _elementwise_meta(target, args, kwargs)
+        if out is None:
+            out = _inplace_meta(target, args, kwargs)
         if out is None:
             out = _by_arithmetic(where, _METHOD_SHAPES.get(target), args, kwargs)
         if out is None:

@@ -146,6 +146,23 @@ def kept_indices(graph: ChannelGraph, removed: np.ndarray) -> dict[tuple, torch.
     return {t.keys[k]: parts[k] for k in np.flatnonzero(counts < t.sizes).tolist()}
 
 
+def named_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """``dict(model.named_modules())`` -- same names, same order, each module once -- by a loop over the
+    ``_modules`` dictionaries instead of nested generators (a third of the time on a model of 500 modules)."""
+    out: dict[str, nn.Module] = {}
+    seen: set[int] = set()
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    while stack:
+        prefix, m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        out[prefix] = m
+        children = [(f"{prefix}.{n}" if prefix else n, c) for n, c in m._modules.items() if c is not None]
+        stack.extend(reversed(children))
+    return out
+
+
 def submodules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
     """``{name: model.get_submodule(name)}`` through the ``_modules`` dictionaries, without the walk over every
     module that ``dict(model.named_modules())`` makes (names are the qualified names ``named_modules`` gives)."""

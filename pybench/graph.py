@@ -320,7 +320,7 @@ def trace(model: nn.Module, example_inputs: Any, *, strict: bool = False, tracer
 def _trace(model: nn.Module, inputs: tuple, strict: bool, tracer: str = "eager") -> ChannelGraph:
     """``tracer``: "eager" (runs forward on stand-ins, :mod:`pybench._graph_eager`) or "fx" (a symbolic trace,
     then a walk of its graph); both feed the same rules and give the same graph."""
-    modules = dict(model.named_modules())
+    modules = _slots.named_modules(model)
     ctx = rules.TraceContext(modules)
     notes: list[str] = []
     if tracer == "fx":
@@ -350,7 +350,7 @@ def fingerprint(model: nn.Module, modules: dict[str, nn.Module] | None = None) -
     ``modules``: ``dict(model.named_modules())`` when the caller has it; the walk is that of ``named_parameters``
     (same names, same order) without its nested generators."""
     if modules is None:
-        modules = dict(model.named_modules())
+        modules = _slots.named_modules(model)
     out: list[tuple[str, tuple[int, ...]]] = []
     seen: set[int] = set()
     for prefix, m in modules.items():

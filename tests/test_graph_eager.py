@@ -120,17 +120,31 @@ class WithConstant(nn.Module):
         elif self.op == "transpose":  # x.mT: no rule, the channels it reads are kept
             x = x.mT.mT
         elif self.op == "new_module":  # a module made inside forward is no submodule: its channels are kept
+            x = nn.BatchNorm2d(6).eval()(x)
+        elif self.op == "new_conv":  # one of a class the model has (Conv2d) is seen as a module call, and kept
+            with torch.random.fork_rng():  # the same weights every call, so that pruned and masked compare
+                torch.manual_seed(0)
+                conv = nn.Conv2d(6, 6, 1)
+            x = conv(x)
+        elif self.op == "new_relu":  # a parameter-free one runs its forward: F.relu, which keeps the channels
             x = nn.ReLU()(x)
         return self.head(x.mean((2, 3)))
 
 
-@pytest.mark.parametrize("op", ["tensor", "transpose", "new_module"])
+def test_a_parameter_free_module_made_inside_forward_is_traced_through():
+    model, x = WithConstant("new_relu").eval(), torch.randn(2, 3, 4, 4)
+    g = pb.trace(model, x)
+    assert g.group_of("a").size == 6 and g.group_of("head", "in") is g.group_of("a")
+    _apply_equals_mask(model, x)
+
+
+@pytest.mark.parametrize("op", ["tensor", "transpose", "new_module", "new_conv"])
 def test_what_no_rule_understands_keeps_its_channels(op):
     model, x = WithConstant(op).eval(), torch.randn(2, 3, 4, 4)
     g = pb.trace(model, x)
     assert g.group_of("a") is None and g.pinned
     _apply_equals_mask(model, x)
-    if op != "tensor":
+    if op in ("transpose", "new_conv"):  # the others are pinned by rules that know them
         with pytest.raises(TraceError, match="no channel rule"):
             pb.trace(model, x, strict=True)
 

@@ -21,8 +21,8 @@ def load_data(path: str | os.PathLike, what: str, hint: str = "", map_location: 
     """The plain data (tensors, dicts, lists, numbers, strings) in the torch.save file ``path``.
 
     Raises ValueError naming ``what`` the file should be (e.g. "a pybench model file"), why it is not, and
-    ``hint`` (how to make one); a path
-    that is not a file raises FileNotFoundError / IsADirectoryError; anything but a path, TypeError.
+    ``hint`` (how to make one); a folder raises IsADirectoryError, a missing file FileNotFoundError, anything but a
+    path TypeError.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")

@@ -125,11 +125,11 @@ def _spec(path: str | os.PathLike, blob: dict) -> dict:
 def _check_size_attr(path: str | os.PathLike, name: str, m: nn.Module, key: str, value: Any) -> None:
     """A file sets only size attributes -- pybench's list, or one the rebuilt module already holds as an int or a
     sequence -- and only to ints or lists of ints."""
-    known = key in SIZE_ATTRS or (not isinstance(m.__dict__.get(key), bool)
-                                  and isinstance(m.__dict__.get(key), (int, tuple, list)))
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
+    held = m.__dict__.get(key)
+    known = key in SIZE_ATTRS or is_int(held) or isinstance(held, (tuple, list))
     if not known or not (is_int(value) or (isinstance(value, list) and all(is_int(v) for v in value))):
         raise ValueError(f"{path}: module {name!r}: {key!r} = {value!r} is not a size attribute pb.save writes; "
                          "the file is damaged or was not written by pb.save")

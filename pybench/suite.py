@@ -511,14 +511,10 @@ def _matches(value: Any, patterns: list[str]) -> bool:
 def filter_cells(cells: list[Cell], exprs: list[str] | dict[str, list[str]] | None) -> list[Cell]:
     """The cells matching every key of the filter (glob patterns; numbers compare by value)."""
     f = exprs if isinstance(exprs, dict) else parse_filter(exprs)
-    out = []
-    for c in cells:
-        values = {**c.config, "cell_id": c.cell_id, "group_id": c.group_id}
-        if all(_matches(values[k], pats) for k, pats in f.items()):
-            out.append(c)
+    values = [{**c.config, "cell_id": c.cell_id, "group_id": c.group_id} for c in cells]
+    out = [c for c, v in zip(cells, values, strict=True) if all(_matches(v[k], pats) for k, pats in f.items())]
     if f and cells and not out:  # a typo in a pattern must not pass as an empty, successful run
-        seen = {k: sorted({str({**c.config, "cell_id": c.cell_id, "group_id": c.group_id}[k]) for c in cells})
-                for k in f}
+        seen = {k: sorted({str(v[k]) for v in values}) for k in f}
         have = "; ".join(f"{k}: {', '.join(v[:8])}{', ...' if len(v) > 8 else ''}" for k, v in seen.items())
         raise SuiteError(f"--filter matches none of the suite's {len(cells)} cells (the suite has {have})")
     return out

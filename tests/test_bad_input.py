@@ -138,8 +138,13 @@ def test_resume_never_unpickles_the_cache(tmp_path, monkeypatch):
     ('[prune]\ncriterion_options = {max_batch = 2}\n', "key 'criterion_options' has 'max_batch'"),
 ])
 def test_options_nobody_takes_are_refused_when_the_suite_loads(tmp_path, capsys, monkeypatch, table, says):
+    _refused_when_the_suite_loads(tmp_path, capsys, monkeypatch, table, says)
+
+
+def _refused_when_the_suite_loads(tmp_path, capsys, monkeypatch, table: str, says: str) -> None:
+    """The test suite plus ``table``: `pybench run` refuses it in one line, exit 2, before any folder exists."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.toml").write_text(SUITE.format(name="opts") + table)
+    (tmp_path / "s.toml").write_text(SUITE.format(name="refused") + table)
     _one_line_exit_2(capsys, cli.main(["run", "s.toml", "--no-progress"]), says)
     assert not (tmp_path / "results").exists()
 
@@ -309,9 +314,7 @@ def test_retry_failed_without_resume_is_a_usage_error(tmp_path, capsys):
     ('[prune]\nschedule_options = { iterative = 3 }\n', "must be a table"),
 ])
 def test_schedule_options_nobody_takes_are_refused_when_the_suite_loads(tmp_path, capsys, monkeypatch, table, says):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.toml").write_text(SUITE.format(name="sched") + table)
-    _one_line_exit_2(capsys, cli.main(["run", "s.toml", "--no-progress"]), says)
+    _refused_when_the_suite_loads(tmp_path, capsys, monkeypatch, table, says)
 
 
 def test_every_shipped_schedule_option_is_one_the_schedule_takes():
@@ -415,10 +418,7 @@ def test_hostile_model_files_are_refused_clearly_by_pb_load_and_the_cli(tmp_path
     ('[models.xor_mlp]\nweights = "no/such/weights.pt"\n', "key 'weights' 'no/such/weights.pt' does not exist"),
 ])
 def test_suite_values_out_of_range_are_refused_when_it_loads(tmp_path, capsys, monkeypatch, table, says):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.toml").write_text(SUITE.format(name="vals") + table)
-    _one_line_exit_2(capsys, cli.main(["run", "s.toml", "--no-progress"]), says)
-    assert not (tmp_path / "results").exists()
+    _refused_when_the_suite_loads(tmp_path, capsys, monkeypatch, table, says)
 
 
 def _small():

@@ -194,7 +194,7 @@ def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float
     Args:
         graph: from :func:`pybench.trace`.
         scores: ``{group: Tensor[group.size]}`` (higher = keep), e.g. from :func:`pybench.score`; groups missing
-            from it are left whole.
+            from it are left whole. An empty dict, one keyed by another trace's groups, or NaN raises ValueError.
         ratio: fraction of each group's channels removed (local), or of all channels (global); in [0, 1).
         scope: "local" (every group at ``ratio``) or "global" (groups ranked together, mean-normalised).
         round_to: kept counts are multiples of this (where the group is large enough).

@@ -155,7 +155,7 @@ def test_cli_refuses_a_code_file_in_one_line(tmp_path, monkeypatch, capsys):
     assert "not a pybench pruned-model file" in capsys.readouterr().err
     (tmp_path / "pickle.pt").write_bytes(b"\x80\x04not a pickle at all")
     assert cli.main(["prune", str(tmp_path / "pickle.pt")]) == 2
-    assert "could not be read as a pybench model file" in capsys.readouterr().err
+    assert "is not a pybench model file: torch.load cannot read it" in capsys.readouterr().err
     assert not (tmp_path / "PWNED").exists()
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from pybench import _graph_rules as rules
+from pybench import _slots
 from pybench._channels import along, vary_axes
 from pybench._graph_rules import SymInt
 from pybench._graph_trace import TraceError, function_step, module_step, param_view
@@ -207,10 +208,8 @@ class _Tracer:
         if self._tensor_names is None:  # named_parameters' then named_buffers' names, from the modules already walked
             names: dict[int, str] = {}
             for attr in ("_parameters", "_buffers"):
-                for prefix, m in self.modules.items():
-                    for n, v in getattr(m, attr).items():
-                        if v is not None:
-                            names.setdefault(id(v), f"{prefix}.{n}" if prefix else n)
+                for n, v in _slots.named_tensors(self.modules, attr):
+                    names.setdefault(id(v), n)
             self._tensor_names = names
         return self._tensor_names.get(id(t))
 
@@ -392,11 +391,10 @@ def _patched(classes: set[type]) -> Iterator[None]:
     saved: list[tuple[type, str, Any]] = []
     try:
         for cls in classes:
-            own_call = cls.__call__ is _orig_call
-            for attr, fn in (("__call__", _module_call if own_call else None),
-                             ("__getattr__", _getattr_of(cls.__getattr__))):
-                if fn is None:
-                    continue
+            patches = {"__getattr__": _getattr_of(cls.__getattr__)}
+            if cls.__call__ is _orig_call:  # (a base class already patched here leaves it patched, too)
+                patches["__call__"] = _module_call
+            for attr, fn in patches.items():
                 saved.append((cls, attr, cls.__dict__.get(attr, _MISSING)))
                 setattr(cls, attr, fn)
         yield

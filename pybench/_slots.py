@@ -11,6 +11,7 @@ exactly what the per-slot loops gave.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,7 +21,8 @@ import torch.nn as nn
 if TYPE_CHECKING:
     from pybench.graph import ChannelGraph, Member
 
-__all__ = ["SlotTable", "kept_indices", "members", "partial_units", "submodules", "table"]
+__all__ = ["SlotTable", "kept_indices", "members", "named_modules", "named_tensors", "partial_units", "submodules",
+           "table"]
 
 
 class SlotTable:
@@ -161,6 +163,18 @@ def named_modules(model: nn.Module) -> dict[str, nn.Module]:
         children = [(f"{prefix}.{n}" if prefix else n, c) for n, c in m._modules.items() if c is not None]
         stack.extend(reversed(children))
     return out
+
+
+def named_tensors(modules: dict[str, nn.Module], attr: str = "_parameters") -> Iterator[tuple[str, torch.Tensor]]:
+    """(qualified name, tensor) of each module's ``attr`` (``_parameters`` or ``_buffers``), each tensor once: the
+    walk of ``named_parameters`` / ``named_buffers`` over ``modules`` (from :func:`named_modules`)."""
+    seen: set[int] = set()
+    for prefix, m in modules.items():
+        for n, t in getattr(m, attr).items():
+            if t is None or id(t) in seen:
+                continue
+            seen.add(id(t))
+            yield (f"{prefix}.{n}" if prefix else n), t
 
 
 def submodules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:

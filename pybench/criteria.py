@@ -8,6 +8,7 @@ FPGM, LFE) register in ``CRITERIA`` the same way; they take ``data``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -172,13 +173,18 @@ def score(model: nn.Module, graph: ChannelGraph, criterion: str = "l1", data: An
 def criterion_options(criterion: str) -> frozenset[str]:
     """The keyword options ``criterion`` takes (its function's named keywords beyond model, graph and data, and
     those of the function it hands ``**kw`` to, named by its ``options_from`` attribute), and ``seed``."""
-    import inspect
-
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
     fn = CRITERIA[criterion]
+    return _options_of(fn, getattr(fn, "options_from", None))
+
+
+@functools.cache  # keyed by the functions, not the name: a criterion registered again gets its own entry
+def _options_of(fn: Callable, options_from: Callable | None) -> frozenset[str]:
+    import inspect
+
     names: set[str] = set()
-    for f in (fn, getattr(fn, "options_from", None)):
+    for f in (fn, options_from):
         if f is None:
             continue
         names |= {n for n, p in inspect.signature(f).parameters.items()

@@ -16,6 +16,7 @@ can be called directly for their extra arguments.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -297,19 +298,8 @@ def fake(seed: int = 0, num_classes: int = 10, image_size: tuple[int, int, int] 
 # ---------------------------------------------------------------------------------------------------------------
 # the registry and the entry points
 # ---------------------------------------------------------------------------------------------------------------
-def _cifar10(root: Any = None, **kw: Any) -> Splits:
-    return cifar(root, num_classes=10, **kw)
-
-
-def _cifar100(root: Any = None, **kw: Any) -> Splits:
-    return cifar(root, num_classes=100, **kw)
-
-
-def _image_folder(root: Any = None, **kw: Any) -> Splits:
-    return image_folder(root, **kw)
-
-
 def _no_root(fn: Callable[..., Splits], name: str) -> Callable[..., Splits]:
+    @functools.wraps(fn)  # its signature (options) is fn's
     def build(root: Any = None, **kw: Any) -> Splits:
         if root is not None:
             raise ValueError(f"data: {name} is generated or bundled and takes no root (got root={root!r})")
@@ -319,19 +309,14 @@ def _no_root(fn: Callable[..., Splits], name: str) -> Callable[..., Splits]:
 
 
 _BUILDERS: dict[str, Callable[..., Splits]] = {
-    "cifar10": _cifar10,
-    "cifar100": _cifar100,
-    "imagefolder": _image_folder,
+    "cifar10": functools.partial(cifar, num_classes=10),
+    "cifar100": functools.partial(cifar, num_classes=100),
+    "imagefolder": image_folder,
     "digits": _no_root(digits, "digits"),
     "xor": _no_root(xor, "xor"),
     "fake": _no_root(fake, "fake"),
 }
-
-
 READ_FROM_A_FOLDER = frozenset({"cifar10", "cifar100", "imagefolder"})  # the others are generated or bundled
-_BUILDER_FUNCTIONS: dict[str, Callable[..., Splits]] = {"cifar10": cifar, "cifar100": cifar,
-                                                        "imagefolder": image_folder, "digits": digits, "xor": xor,
-                                                        "fake": fake}
 _FIXED = frozenset({"root", "seed", "num_classes"})  # given by the dataset's name, its root and the cell's seed
 
 
@@ -340,7 +325,7 @@ def options(name: str) -> list[str]:
     builder's own and the loaders' (num_workers, shuffle, drop_last, pin_memory)."""
     import inspect
 
-    own = set(inspect.signature(_BUILDER_FUNCTIONS[_check_name(name)]).parameters) - _FIXED
+    own = set(inspect.signature(_BUILDERS[_check_name(name)]).parameters) - _FIXED
     return sorted(own | {"num_workers", "shuffle", "drop_last", "pin_memory"})
 
 

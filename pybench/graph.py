@@ -351,15 +351,7 @@ def fingerprint(model: nn.Module, modules: dict[str, nn.Module] | None = None) -
     (same names, same order) without its nested generators."""
     if modules is None:
         modules = _slots.named_modules(model)
-    out: list[tuple[str, tuple[int, ...]]] = []
-    seen: set[int] = set()
-    for prefix, m in modules.items():
-        for n, p in m._parameters.items():
-            if p is None or id(p) in seen:
-                continue
-            seen.add(id(p))
-            out.append((f"{prefix}.{n}" if prefix else n, tuple(p.shape)))
-    return out
+    return [(n, tuple(p.shape)) for n, p in _slots.named_tensors(modules)]
 
 
 def _check_training_mode(model: nn.Module, ours: list[tuple[str, str]],

@@ -254,9 +254,7 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
         _allowed(where, "name", [data["name"]], pdata.names())
         _allowed(where, "options", list(data["options"]), pdata.options(data["name"]),
                  f" (the options of dataset {data['name']!r})")
-    for key in ("batch_size", "eval_batch_size"):
-        if data[key] < 1:
-            raise SuiteError(f"{where}: key {key!r} must be >= 1, got {data[key]}")
+    _at_least(where, data, batch_size=1, eval_batch_size=1)
     needs_root = data["name"] in pdata.READ_FROM_A_FOLDER
     if data["root"] and data["name"] and not needs_root:
         raise SuiteError(f"{where}: dataset {data['name']!r} is generated or bundled and takes no key 'root' "
@@ -276,11 +274,10 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
                          f"values: {', '.join(pdata.names())})")
     for table in ("train", "fine_tune"):
         t = tables[table]
-        if t["epochs"] < 0 or t["max_batches"] < 0:
-            raise SuiteError(f"{path} [{table}]: keys 'epochs' and 'max_batches' must be >= 0")
+        _at_least(f"{path} [{table}]", t, epochs=0, max_batches=0, bn_recalibrate_batches=0, weight_decay=0.0,
+                  momentum=0.0)
         if t["epochs"] and not data["name"]:
             raise SuiteError(f"{path} [{table}]: epochs = {t['epochs']} needs a dataset: set [data] name")
-        _at_least(f"{path} [{table}]", t, bn_recalibrate_batches=0, weight_decay=0.0, momentum=0.0)
         if not (t["lr"] > 0 and math.isfinite(t["lr"])) or t["momentum"] > 1:
             raise SuiteError(f"{path} [{table}]: key 'lr' must be a finite number > 0 and 'momentum' at most 1, got "
                              f"lr = {t['lr']}, momentum = {t['momentum']}")

@@ -127,7 +127,7 @@ def speedup_table(run: Path) -> tuple[str, list[str], list[dict[str, Any]]]:
     """(the realised speedup table, failed cells, its rows as dicts) of the suite's run folder."""
     if not (run / "records.jsonl").is_file():
         return "(no suite records)", [], []
-    from pybench import report, results
+    from pybench.bench import report, results
 
     df = results.load(run)
     failed = [f"cell {r['cell_id']} {r['model']} level {r['level']:g} bs {r['batch_size']} {r['dtype']}: "

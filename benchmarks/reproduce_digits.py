@@ -6,7 +6,7 @@ pruning to 50 % of its MACs with every criterion plus 2 fine-tune epochs, and Wa
 On a busy machine, split it: train once (``--dense FILE`` saves / reuses the dense weights), run parts in parallel
 (``--only l1,l2 --parts DIR``, ``--only gradual --parts DIR``), then ``--merge DIR --out results/reproductions``.
 
-The same functions run in tests/test_reproductions.py.
+The same functions run in tests/bench/test_reproductions.py.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import pybench as pb
-import pybench.criteria_data  # noqa: F401  (registers the data-driven criteria)
-from pybench import schedules
+import pybench.prune.criteria.data_driven  # noqa: F401  (registers the data-driven criteria)
+from pybench.prune import schedules
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*reference.*")
 
@@ -62,7 +62,7 @@ def criterion_options(name: str, ld: Any) -> tuple[Any, dict[str, Any]]:
     """(data, options) per criterion: 128 calibration images; LFE (10 x N masks per group, P = 0.3) on 16."""
     if name == "lfe":
         return calibration(ld, 16), {"fraction": 0.3}
-    if name in pybench.criteria_data.DATA_CRITERIA:
+    if name in pybench.prune.criteria.data_driven.DATA_CRITERIA:
         return calibration(ld, 128), {}
     return None, {}
 

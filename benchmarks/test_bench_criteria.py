@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import pybench as pb
-import pybench.criteria_data as cd
+from pybench.prune.criteria import lfe
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*reference.*")
 
@@ -46,9 +46,9 @@ def test_lfe_batched_prefix_reuse_vs_full_forward_per_mask(resnet56, producer, t
     grp = g.group_of(producer)
     data = DataLoader(TensorDataset(x, y), batch_size=16)
     kw = {"n_masks": 48, "seed": 0}  # fewer than 10 x N masks: the ratio is per mask, the baseline is slow
-    ref, t_ref = _timed(lambda: cd.lfe_group(m, g, grp, data, batched=False, **kw))
-    fast, t_fast = _timed(lambda: cd.lfe_group(m, g, grp, data, **kw))
-    fast2 = benchmark.pedantic(lambda: cd.lfe_group(m, g, grp, data, **kw), rounds=1, warmup_rounds=0)
+    ref, t_ref = _timed(lambda: lfe.lfe_group(m, g, grp, data, batched=False, **kw))
+    fast, t_fast = _timed(lambda: lfe.lfe_group(m, g, grp, data, **kw))
+    fast2 = benchmark.pedantic(lambda: lfe.lfe_group(m, g, grp, data, **kw), rounds=1, warmup_rounds=0)
     t_fast = min(t_fast, benchmark.stats.stats.min)
     ratio = t_ref / t_fast
     benchmark.extra_info.update(group=producer, size=grp.size, masks=kw["n_masks"], batch=16,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pybench import opsbench
+from pybench.bench import opsbench
 
 BIG_MB = 100
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from pybench import _moved
+
 __version__ = "0.1.0"
 
 # public name -> (module, attribute); attribute None means the module itself
@@ -22,25 +24,30 @@ _API: dict[str, tuple[str, str | None]] = {
     "measure": ("pybench.measure", None),
     "data": ("pybench.data", None),
     "train": ("pybench.train", None),
-    "schedules": ("pybench.schedules", None),
-    "results": ("pybench.results", None),
-    "trace": ("pybench.graph", "trace"),
-    "ChannelGraph": ("pybench.graph", "ChannelGraph"),
-    "score": ("pybench.criteria", "score"),
-    "plan": ("pybench.planning", "plan"),
-    "PrunePlan": ("pybench.planning", "PrunePlan"),
-    "apply": ("pybench.surgery", "apply"),
-    "mask": ("pybench.masking", "mask"),
-    "prune": ("pybench.pipeline", "prune"),
-    "PinnedChannelsWarning": ("pybench.pipeline", "PinnedChannelsWarning"),
-    "save": ("pybench.serialize", "save"),
-    "load": ("pybench.serialize", "load"),
+    "schedules": ("pybench.prune.schedules", None),
+    "results": ("pybench.bench.results", None),
+    "trace": ("pybench.prune.graph", "trace"),
+    "ChannelGraph": ("pybench.prune.graph", "ChannelGraph"),
+    "score": ("pybench.prune.criteria", "score"),
+    "plan": ("pybench.prune.planning", "plan"),
+    "PrunePlan": ("pybench.prune.planning", "PrunePlan"),
+    "apply": ("pybench.prune.surgery", "apply"),
+    "mask": ("pybench.prune.masking", "mask"),
+    "prune": ("pybench.prune", None),  # the engine package, callable as pipeline.prune
+    "PinnedChannelsWarning": ("pybench.prune.pipeline", "PinnedChannelsWarning"),
+    "save": ("pybench.prune.serialize", "save"),
+    "load": ("pybench.prune.serialize", "load"),
 }
 
 __all__ = sorted(_API) + ["__version__"]
 
 
+_moved.install()  # old module paths (pybench.graph, pybench.runner, ...) still import, with a DeprecationWarning
+
+
 def __getattr__(name: str) -> Any:
+    if f"pybench.{name}" in _moved.MOVED:  # pb.graph, pb.runner, ...: the moved module, with its warning
+        return importlib.import_module(f"pybench.{name}")
     try:
         module_name, attr = _API[name]
     except KeyError:

@@ -380,9 +380,7 @@ inline void chan_merge(double& n, double& mean, double& m2, double nb, double me
 inline int64_t piece_begin(int64_t s, int64_t pieces, int64_t total) { return s * total / pieces; }
 
 // The rows layout is split into pieces of rows, at least 64 rows each.
-int64_t row_pieces(const ChannelView& v) {
-  return std::clamp<int64_t>(v.outer / 64, 1, 4 * at::get_num_threads());
-}
+int64_t row_pieces(const ChannelView& v) { return std::clamp<int64_t>(v.outer / 64, 1, 4 * at::get_num_threads()); }
 
 // ---- channel_stats ------------------------------------------------------------------------------------------
 // The runs layout split into tasks = pieces of `outer` x blocks of channels; each task reads its runs in memory

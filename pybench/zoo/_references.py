@@ -2,7 +2,7 @@
 
 A reference names the user's own builder (``mymodels:build_net``, ``pkg.nets:Net`` -- a function or an
 ``nn.Module`` class). Resolving one imports code, so it is only ever done for a name the user typed (a suite, the
-command line, ``pb.zoo.create``), never for a name read from a model file: :mod:`pybench.serialize` refuses those
+command line, ``pb.zoo.create``), never for a name read from a model file: :mod:`pybench.prune.serialize` refuses those
 unless its caller trusts them by name (:func:`trusted`).
 
 A package that ships models registers them under the ``pybench.models`` entry-point group::
@@ -26,6 +26,8 @@ from functools import cache
 from importlib import metadata
 
 from torch import nn
+
+from ._model_entry import Entry
 
 __all__ = ["ModelReferenceError", "PLUGIN_GROUP", "is_reference", "reference_entry", "plugin_builders",
            "trusted"]
@@ -103,8 +105,6 @@ def _default_classes(fn: Callable[..., object]) -> int | None:
 def builder_entry(name: str, fn: Callable[..., object], family: str):
     """A zoo entry for a user builder: ``num_classes`` is passed only if the builder takes it, and what the
     builder returns is checked to be an ``nn.Module``."""
-    from ._registry import Entry
-
     takes_classes = _accepts(fn, "num_classes")
     default = _default_classes(fn)
 

@@ -8,28 +8,14 @@ A builder is a plain function ``fn(num_classes=..., **kwargs) -> nn.Module``. Fa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from torch import nn
 
+from ._model_entry import Builder, Entry
 from ._references import TIMM_PREFIX, ModelReferenceError, is_reference, plugin_builders, plugin_entry, reference_entry
 
 __all__ = ["Entry", "MissingExtraError", "ModelReferenceError", "TIMM_PREFIX", "register", "get", "known",
            "from_registry", "all_names"]
-
-Builder = Callable[..., nn.Module]
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One zoo model: how to build it and the input it expects by default (without the batch dim)."""
-
-    name: str
-    builder: Builder
-    input_size: tuple[int, ...]
-    default_num_classes: int | None  # None: the builder takes no num_classes
-    family: str
-
 
 _ENTRIES: dict[str, Entry] = {}
 _OTHERS: dict[str, Entry | None] = {}  # timm:NAME and package.module:callable, resolved once
@@ -54,7 +40,9 @@ def _ensure_torchvision() -> None:
     if not _torchvision_loaded:
         from . import torchvision_models
 
-        torchvision_models.register_all()
+        for name, input_size, builder in torchvision_models.models():
+            if name not in _ENTRIES:  # a pybench model of the same name wins (none today)
+                register(name, input_size=input_size, default_num_classes=1000, family="torchvision")(builder)
         _torchvision_loaded = True
 
 

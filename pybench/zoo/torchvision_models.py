@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from ._registry import _ENTRIES, register
+from ._model_entry import Builder
 
-__all__ = ["register_all", "build"]
+__all__ = ["build", "models"]
 
 # inception_v3 is defined for 299x299 inputs; every other torchvision classifier for 224x224.
 _INPUT_SIZES = {"inception_v3": (3, 299, 299)}
@@ -26,12 +26,10 @@ def build(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
 
 
-def register_all() -> None:
-    """Register every name of ``torchvision.models.list_models(module=torchvision.models)`` not already taken."""
+def models() -> list[tuple[str, tuple[int, ...], Builder]]:
+    """(name, input size, builder) of every model of ``torchvision.models.list_models(module=torchvision.models)``;
+    the zoo registers those whose names it does not have."""
     import torchvision
 
-    for name in torchvision.models.list_models(module=torchvision.models):
-        if name in _ENTRIES:  # a pybench model of the same name wins (none today)
-            continue
-        register(name, input_size=_INPUT_SIZES.get(name, (3, 224, 224)), default_num_classes=1000,
-                 family="torchvision")(partial(build, name))
+    return [(name, _INPUT_SIZES.get(name, (3, 224, 224)), partial(build, name))
+            for name in torchvision.models.list_models(module=torchvision.models)]

@@ -1,0 +1,73 @@
+"""The measuring side of a worker: one cell's latency percentiles and throughput, peak memory, accuracy and
+energy, from repeats of pybench.measure, with the spread of the repeats as their noise."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from pybench.bench.config import Cell
+from pybench.bench.dense import example_input
+
+
+def _noise(values: list[float]) -> float | None:
+    """Relative spread of the repeats, (max - min) / median; None with one repeat (noise unknown)."""
+    if len(values) < 2:
+        return None
+    med = statistics.median(values)
+    return (max(values) - min(values)) / med if med else None
+
+
+def measure_cell(model: Any, cell: Cell, accuracy: dict[str, Any] | None) -> tuple[dict, dict]:
+    """(metrics, details) of one cell: latency percentiles and throughput, peak memory, accuracy, energy."""
+    from pybench import measure
+
+    met = cell.metrics
+    collect = set(met.collect)
+    x = example_input(cell, batch=1)
+    bs, dev, dt = cell.batch_size, cell.device, cell.dtype
+    metrics: dict[str, Any] = {}
+    details: dict[str, Any] = {}
+    if "latency" in collect or "energy" in collect:
+        runs = []
+        energy = "energy" in collect and dev.startswith("cuda")
+        for _ in range(met.repeats):
+            r = measure.latency(model, x, device=dev, dtype=dt, warmup=met.warmup, iters=met.iters,
+                                min_time=met.min_time or None, batch_size=bs, channels_last=met.channels_last,
+                                energy=energy)
+            if r.error:
+                raise RuntimeError(r.error)
+            runs.append(r)
+        import numpy as np
+
+        p50s = [r.p50_ms for r in runs]
+        pooled = np.concatenate([r.samples_ms for r in runs])
+        p50 = statistics.median(p50s)
+        metrics.update(latency_p50_ms=p50, latency_p90_ms=float(np.percentile(pooled, 90)),
+                       latency_p99_ms=float(np.percentile(pooled, 99)), latency_mean_ms=float(pooled.mean()),
+                       latency_min_ms=float(pooled.min()), throughput=bs / p50 * 1e3, latency_noise=_noise(p50s))
+        details["latency_repeats_p50_ms"] = p50s
+        details["latency"] = {k: v for k, v in runs[0].to_dict().items() if k != "samples_ms"}
+        if dev.startswith("cuda"):  # clocks, power, temperature and throttle reasons right after the timed loops
+            details["gpu_telemetry"] = measure.telemetry(dev).to_dict()
+        if energy:
+            per_item = [r.energy.energy_per_item_j for r in runs
+                        if r.energy is not None and r.energy.energy_per_item_j is not None]
+            if per_item:
+                metrics["energy_j_per_item"] = statistics.median(per_item)
+            details["energy"] = [r.energy.to_dict() for r in runs if r.energy is not None]
+    if "memory" in collect:
+        mems = []
+        for _ in range(met.repeats):
+            m = measure.memory(model, x, device=dev, dtype=dt, batch_size=bs, channels_last=met.channels_last)
+            if m.error:
+                raise RuntimeError(m.error)
+            mems.append(m)
+        peaks = [float(m.peak_bytes) for m in mems]
+        metrics.update(peak_memory_bytes=statistics.median(peaks), memory_noise=_noise(peaks),
+                       param_bytes=mems[0].param_bytes, buffer_bytes=mems[0].buffer_bytes)
+        details["memory"] = mems[0].to_dict()
+    if "accuracy" in collect and accuracy is not None:
+        metrics.update(top1=accuracy["top1"], top5=accuracy["top5"], loss=accuracy["loss"],
+                       accuracy_samples=accuracy["samples"])
+    return metrics, details

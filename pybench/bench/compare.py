@@ -4,7 +4,9 @@
 Cells are matched by ``cell_id``, which hashes what a cell measures (not the machine, not the repeats), so the same
 suite run on two machines lines up. ``check`` ignores a cell's metric when the noise of either run (the relative
 spread of its repeats, ``latency_noise`` / ``memory_noise``) exceeds the threshold — a difference smaller than the
-measurement's own spread is no evidence — and lists those cells so nothing is dropped silently.
+measurement's own spread is no evidence — and lists those cells so nothing is dropped silently. A pruned cell's
+paired ``speedup`` is judged by its interval: a regression only when run / baseline, at the most favourable end of
+the two 95 % intervals, is below 1 - threshold.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ CHECK_METRICS: dict[str, tuple[int, str | None, str]] = {
     "peak_memory_bytes": (+1, "memory_noise", "relative"),
     "top1": (-1, None, "absolute"),
     "macs": (+1, None, "relative"),
+    # a pruned cell's paired speedup: judged by its 95 % interval, not by a noise column
+    "speedup": (-1, None, "interval"),
 }
 _RATIO_METRICS = ["latency_p50_ms", "latency_p90_ms", "throughput", "peak_memory_bytes", "energy_j_per_item", "top1"]
 _LABEL = ["model", "criterion", "schedule", "level", "batch_size", "dtype", "device"]
@@ -173,9 +177,11 @@ class CheckResult:
         if not self.failed:
             out += ["No regressions.", ""]
         if self.noisy:
-            out += [f"## {len(self.noisy)} measurement(s) ignored: noise above the threshold ({t})", "",
-                    "The spread of their repeats is larger than the change the check looks for, so they cannot "
-                    "pass or fail it; rerun them with more repeats / iterations or on a quieter machine.", "",
+            out += [f"## {len(self.noisy)} measurement(s) not judged: noise above the threshold ({t}), or no "
+                    "interval", "",
+                    "The spread of their repeats is larger than the change the check looks for (or a speedup has "
+                    "no paired interval on one side: the noise column says why), so they cannot pass or fail it; "
+                    "rerun them with more repeats / iterations or on a quieter machine.", "",
                     tabulate(self.noisy, headers="keys", tablefmt="github", floatfmt=".4g"), ""]
         if self.missing:
             out += [f"{len(self.missing)} baseline cell(s) not in this run (not checked): "
@@ -197,6 +203,26 @@ class NothingComparedError(ValueError):
 
 class ForeignBaselineError(ValueError):
     """A baseline measured on another machine than the run (host, CPU model or GPU differ)."""
+
+
+def _judge_interval(res: CheckResult, label: dict[str, Any], m: str, rb: Any, rr: Any, vb: float | None,
+                    vr: float | None, threshold: float) -> None:
+    """A speedup regressed when the interval of run / baseline (the ratio of their 95 % intervals, taken at
+    its widest) lies wholly below 1 - threshold; a cell with a speedup on one side only, or without an interval,
+    cannot be judged and is listed with the reason."""
+    if vb is None and vr is None:
+        return  # a dense cell, or runs from before paired timing
+    lows = [_num(r.get(f"{m}_ci_low")) for r in (rb, rr)]
+    highs = [_num(r.get(f"{m}_ci_high")) for r in (rb, rr)]
+    if vb is None or vr is None or None in lows or None in highs or not lows[0]:
+        why = ("the baseline has no paired speedup" if vb is None else "the run has no paired speedup"
+               if vr is None else "no 95 % interval on both sides")
+        res.noisy.append({**label, "metric": m, "baseline": vb, "run": vr, "change": None, "noise": why})
+        return
+    ratio_high = highs[1] / lows[0]  # the most favourable ratio the two intervals allow
+    if ratio_high < 1 - threshold:
+        res.regressions.append({**label, "metric": m, "baseline": vb, "run": vr,
+                                "change": f"{vr / vb - 1:+.1%} (interval of run/baseline below {ratio_high:.3f})"})
 
 
 def check(run: str | os.PathLike | Any, baseline: str | os.PathLike | Any, threshold: float = 0.05,
@@ -240,6 +266,9 @@ def check(run: str | os.PathLike | Any, baseline: str | os.PathLike | Any, thres
         for m in metrics:
             direction, noise_col, kind = CHECK_METRICS[m]
             vb, vr = _num(rb.get(m)), _num(rr.get(m))
+            if kind == "interval":
+                _judge_interval(res, label, m, rb, rr, vb, vr, threshold)
+                continue
             if vb is None or vr is None:
                 continue
             change = (vr - vb) if kind == "absolute" else ((vr - vb) / vb if vb else 0.0)

@@ -1,5 +1,6 @@
 """The measuring side of a worker: one cell's latency percentiles and throughput, peak memory, accuracy and
-energy, from repeats of pybench.measure, with the spread of the repeats as their noise."""
+energy, from repeats of pybench.measure, with the spread of the repeats as their noise; and for a pruned cell its
+speedup over its own dense model, timed paired in the same process (:func:`measure_speedup`)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,18 @@ def measure_cell(model: Any, cell: Cell, accuracy: dict[str, Any] | None) -> tup
         metrics.update(top1=accuracy["top1"], top5=accuracy["top5"], loss=accuracy["loss"],
                        accuracy_samples=accuracy["samples"])
     return metrics, details
+
+
+def measure_speedup(dense: Any, pruned: Any, cell: Cell) -> tuple[dict, dict]:
+    """(metrics, details) of a pruned cell's paired timing against ``dense``, the dense model its group was pruned
+    from (same input, batch size, dtype, device and threads): ``speedup`` with its 95 % interval, and whether the
+    interval reached ``[metrics] target_ci`` within ``max_time_s``; the paired block times go in details."""
+    from pybench import measure
+
+    met = cell.metrics
+    r = measure.paired_latency(dense, pruned, example_input(cell, batch=1), device=cell.device, dtype=cell.dtype,
+                               batch_size=cell.batch_size, target_ci=met.target_ci, max_time_s=met.max_time_s)
+    metrics = {"speedup": r.speedup, "speedup_ci_low": r.speedup_ci_low, "speedup_ci_high": r.speedup_ci_high,
+               "speedup_target_met": r.target_met, "dense_latency_paired_p50_ms": r.dense_p50_ms,
+               "latency_paired_p50_ms": r.pruned_p50_ms}
+    return metrics, {"paired": r.to_dict()}

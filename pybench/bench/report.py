@@ -26,8 +26,10 @@ _JOIN = ["run", "model", "batch_size", "dtype", "device", "seed"]
 def analyse(df: Any) -> Any:
     """The ok pruned rows of ``df`` (from :func:`pybench.bench.results.load`) joined with their dense baselines.
 
-    Adds: dense_latency_p50_ms, speedup, theoretical_speedup, memory_saved, macs_removed, params_removed,
-    dense_top1, top1_change (points, pruned - dense).
+    Adds: dense_latency_p50_ms, speedup (the record's paired speedup where the worker timed dense and pruned
+    alternately, else dense p50 / pruned p50 of the two cells, with ``speedup_paired`` saying which),
+    speedup_unpaired, theoretical_speedup, memory_saved, macs_removed, params_removed, dense_top1, top1_change
+    (points, pruned - dense).
     """
     import pandas as pd
 
@@ -41,8 +43,11 @@ def analyse(df: Any) -> Any:
     base = dense[_JOIN + cols].rename(columns={c: f"dense_{c}" for c in cols})
     j = pruned.merge(base, on=_JOIN, how="left")
     out = j.copy()
-    if "latency_p50_ms" in j:
-        out["speedup"] = j["dense_latency_p50_ms"] / j["latency_p50_ms"]
+    if "latency_p50_ms" in j:  # the ratio of two cells' medians, timed apart: shown only where no pairing exists
+        out["speedup_unpaired"] = j["dense_latency_p50_ms"] / j["latency_p50_ms"]
+        paired = j["speedup"] if "speedup" in j else pd.Series(float("nan"), index=j.index)
+        out["speedup_paired"] = paired.notna()
+        out["speedup"] = paired.astype(float).fillna(out["speedup_unpaired"])
     if "latency_noise" in j:  # a speedup is as uncertain as the noisier of its two latencies
         out["speedup_noise"] = j[["latency_noise", "dense_latency_noise"]].max(axis=1)
     if "macs" in j:
@@ -98,7 +103,7 @@ def _tables(df: Any, tablefmt: str) -> list[tuple[str, str]]:
         rows = []
         for _, r in m.iterrows():
             rows.append([r["criterion"], r["schedule"], _fmt(r["level"], "g"), r["batch_size"], r["dtype"],
-                         r["device"], _fmt(r.get("latency_p50_ms"), "ms"), _fmt(r.get("speedup"), "x"),
+                         r["device"], _fmt(r.get("latency_p50_ms"), "ms"), _speedup_cell(r),
                          _fmt(r.get("speedup_noise"), "pct"),
                          _fmt(r.get("theoretical_speedup"), "x"), _fmt(r.get("memory_saved"), "pct"),
                          _fmt(r.get("macs_removed"), "pct"), _fmt(r.get("params_removed"), "pct"),
@@ -159,9 +164,27 @@ def _runs_table(df: Any, tablefmt: str) -> str:
                     tablefmt=tablefmt, disable_numparse=True)
 
 
-_LEGEND = ("speedup = dense p50 latency / pruned p50 latency; MACs speedup = dense MACs / pruned MACs (the "
-           "theoretical speedup); noise = (max - min) / median of the repeats' p50 (for a speedup: the larger of its "
-           "two latencies'); top-1 change in points.")
+def _speedup_cell(r: Any) -> str:
+    """``2.31x [2.25, 2.38]`` for a paired speedup with its 95 % interval (``*``: the interval did not reach
+    [metrics] target_ci in max_time_s); an unpaired ratio of two cells' medians is marked ``(unpaired)``."""
+    import math
+
+    s = r.get("speedup")
+    if s is None or (isinstance(s, float) and math.isnan(s)):
+        return ""
+    if not r.get("speedup_paired", False):
+        return f"{_fmt(s, 'x')} (unpaired)"
+    lo, hi = r.get("speedup_ci_low"), r.get("speedup_ci_high")
+    text = _fmt(s, "x") + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
+    met = r.get("speedup_target_met")
+    return text + ("*" if met is not None and not (isinstance(met, float) and math.isnan(met)) and not met else "")
+
+
+_LEGEND = ("speedup = dense / pruned latency, timed alternately in one process, with its 95 % interval (a "
+           "bootstrap over paired blocks; * marks an interval that did not reach [metrics] target_ci within "
+           "max_time_s; (unpaired) marks a ratio of two cells' p50s, from records without paired timing); MACs "
+           "speedup = dense MACs / pruned MACs (the theoretical speedup); noise = (max - min) / median of the "
+           "repeats' p50 (for a speedup: the larger of its two latencies'); top-1 change in points.")
 
 
 def _noise_warning(df: Any, limit: float = 0.1) -> str | None:
@@ -207,11 +230,18 @@ def plots(df: Any) -> dict[str, bytes]:
     if {"speedup", "theoretical_speedup"} <= set(a.columns) and a["speedup"].notna().any():
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for (model, bs), g in a.groupby(["model", "batch_size"]):
-            ax.scatter(g["theoretical_speedup"], g["speedup"], label=f"{model} bs={bs}", s=30)
+            dots = ax.scatter(g["theoretical_speedup"], g["speedup"], label=f"{model} bs={bs}", s=30)
+            if {"speedup_ci_low", "speedup_ci_high"} <= set(g.columns):  # the paired speedup's 95 % interval
+                ci = g[g["speedup_paired"] & g["speedup_ci_low"].notna()]
+                if len(ci):
+                    ax.errorbar(ci["theoretical_speedup"], ci["speedup"],
+                                yerr=[ci["speedup"] - ci["speedup_ci_low"], ci["speedup_ci_high"] - ci["speedup"]],
+                                fmt="none", ecolor=dots.get_facecolor()[0], elinewidth=1, capsize=3)
         hi = float(max(a["theoretical_speedup"].max(), a["speedup"].max(), 1.0)) * 1.1
         ax.plot([0, hi], [0, hi], "k--", lw=1, label="realised = theoretical")
         ax.axhline(1.0, color="grey", lw=0.5)
-        ax.set(xlabel="theoretical speedup (dense MACs / pruned MACs)", ylabel="realised latency speedup (p50)",
+        ax.set(xlabel="theoretical speedup (dense MACs / pruned MACs)",
+               ylabel="realised latency speedup (paired, 95 % interval)",
                title="Realised vs theoretical speedup", xlim=(0, hi), ylim=(0, hi))
         ax.legend(fontsize=7)
         out["Realised latency speedup against the theoretical (MACs) speedup"] = png(fig)

@@ -220,6 +220,11 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
     where = f"{path} [metrics]"
     _allowed(where, "collect", met["collect"], METRICS)
     _at_least(where, met, repeats=1, warmup=0, iters=1, accuracy_max_batches=0, min_time=0.0)
+    if not 0 < met["target_ci"] < 1:
+        raise SuiteError(f"{where}: key 'target_ci' must be a relative half-width in (0, 1) (e.g. 0.02 for +-2 %), "
+                         f"got {met['target_ci']}")
+    if not (met["max_time_s"] > 0 and math.isfinite(met["max_time_s"])):
+        raise SuiteError(f"{where}: key 'max_time_s' must be a finite number of seconds > 0, got {met['max_time_s']}")
 
     data = tables["data"]
     where = f"{path} [data]"

@@ -16,7 +16,7 @@ from pybench.bench import protocol
 from pybench.bench.config import Cell
 from pybench.bench.dense import Context
 from pybench.bench.faults import inject_fault
-from pybench.bench.metrics import measure_cell
+from pybench.bench.metrics import measure_cell, measure_speedup
 from pybench.bench.pruning import pruned
 
 
@@ -30,6 +30,14 @@ def _accuracy(model: Any, ctx: Context, cell: Cell) -> dict[str, Any] | None:
     if a.error:
         raise RuntimeError(a.error)
     return a.to_dict()
+
+
+def _speedup(dense: Any, model: Any, cell: Cell) -> tuple[dict, dict]:
+    """The paired speedup, or null with the reason: the cell's own latency is measured either way."""
+    try:
+        return measure_speedup(dense, model, cell)
+    except Exception as e:
+        return {"speedup": None}, {"speedup_error": f"paired timing against the dense model failed: {_error(e)}"}
 
 
 def _error(e: BaseException) -> str:
@@ -48,7 +56,7 @@ def run_job(folder: str | os.PathLike, cells: list[Cell], send: Any) -> None:
     for gid, group in groups.items():
         send({"type": "group", "group_id": gid})
         try:
-            model, _, achieved = pruned(ctx, group[0])
+            model, dense, achieved = pruned(ctx, group[0])
             acc = _accuracy(model, ctx, group[0])
         except Exception as e:
             err = f"preparing the group failed: {_error(e)}"
@@ -64,6 +72,10 @@ def run_job(folder: str | os.PathLike, cells: list[Cell], send: Any) -> None:
                 inject_fault(c.cell_id)
                 metrics, more = measure_cell(model, c, acc)
                 details.update(more)
+                if c.prune is not None and "latency" in c.metrics.collect:
+                    paired, more = _speedup(dense, model, c)
+                    metrics.update(paired)
+                    details.update(more)
             except Exception as e:
                 status, error = "failed", _error(e)
             send({"type": "record", "record": protocol.record(

@@ -47,5 +47,5 @@ def add(sub: argparse._SubParsersAction) -> None:
     chk.add_argument("--allow-foreign-baseline", action="store_true", help="compare against a baseline measured "
                      "on another machine (host, CPU or GPU differ); refused by default")
     chk.add_argument("--metric", action="append", help="metric(s) to check (default: latency_p50_ms, "
-                     "peak_memory_bytes, top1, macs)")
+                     "peak_memory_bytes, top1, macs, speedup)")
     chk.set_defaults(func=main)

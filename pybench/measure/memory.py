@@ -1,9 +1,12 @@
 """Peak memory of one forward pass, and the bytes held by parameters and buffers.
 
 CUDA: ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` after ``reset_peak_memory_stats``.
-CPU: growth of the process's peak RSS over the call. Linux lets the peak be reset (write "5" to
-/proc/self/clear_refs, read VmHWM from /proc/self/status); elsewhere RSS is sampled by psutil in a thread, which
-can miss short peaks. ``method`` says which was used.
+CPU (default ``"mem_tracker"``): the peak of live tensor bytes during the forward, from torch's dispatch-level
+tracker (``torch.distributed._tools.mem_tracker.MemTracker``): exact, and blind to what the process's allocator
+keeps or returns, so a pruned model is never "bigger" because the heap happened to grow. The process's RSS is
+still there as an option: ``"clear_refs+VmHWM"`` (Linux lets the peak be reset: write "5" to
+/proc/self/clear_refs, read VmHWM from /proc/self/status) or ``"psutil-sampling"`` (a thread that can miss short
+peaks). ``method`` says which was used.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ _CLEAR_REFS = "/proc/self/clear_refs"
 @dataclass
 class MemoryResult:
     """Bytes. ``peak_bytes`` is the growth over what was in use just before the forward (activations, workspaces,
-    outputs); ``peak_total_bytes`` the absolute peak (CUDA: allocated by torch; CPU: the process's RSS)."""
+    outputs); ``peak_total_bytes`` the absolute peak (CUDA: allocated by torch; CPU mem_tracker: live tensors,
+    parameters + buffers + inputs + activations; CPU RSS methods: the process's RSS). ``input_bytes`` and
+    ``activation_peak_bytes`` (activations and temporaries at the peak) are set by the mem_tracker method."""
 
     device: str
     dtype: str
@@ -39,6 +44,8 @@ class MemoryResult:
     peak_total_bytes: int | None = None
     baseline_bytes: int | None = None
     reserved_peak_bytes: int | None = None
+    input_bytes: int | None = None
+    activation_peak_bytes: int | None = None
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +103,20 @@ class _RssSampler:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
+def tracked_peak(model: nn.Module, inputs: Any, fn: Any) -> tuple[int, int]:
+    """Run ``fn()`` under torch's MemTracker; (peak live tensor bytes of the whole run, activation + temporary
+    bytes at that peak). ``model``'s parameters and buffers and the ``inputs`` count from the start."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    tracker.track_external(model, *C._tensors(inputs))
+    with tracker:
+        fn()
+    peak = next(iter(tracker.get_tracker_snapshot("peak").values()), {})
+    acts = sum(v for k, v in peak.items() if getattr(k, "name", None) in ("ACT", "TEMP"))
+    return int(peak.get("Total", 0)), int(acts)
+
+
 def cpu_peak(fn: Any, method: str | None = None) -> tuple[int, int, str]:
     """Run ``fn()`` and return (baseline RSS, peak RSS, method) in bytes."""
     method = method or ("clear_refs+VmHWM" if can_reset_peak_rss() else "psutil-sampling")
@@ -118,21 +139,22 @@ def memory(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devic
     """Peak memory of one forward of ``model(example_inputs)`` (after one unmeasured warm-up call), plus parameter
     and buffer bytes of the model in ``dtype``.
 
-    Args mirror :func:`pybench.measure.latency`; ``cpu_method`` forces "clear_refs+VmHWM" or "psutil-sampling".
+    Args mirror :func:`pybench.measure.latency`; ``cpu_method``: "mem_tracker" (the default: live tensor bytes),
+    or the process's RSS by "clear_refs+VmHWM" or "psutil-sampling".
     An out-of-memory is caught, memory released, and returned as ``error``; bad device / dtype / inputs raise
     ValueError.
     """
     dev = C.resolve_device(device)
     dt = C.resolve_dtype(dtype, dev)
-    if cpu_method not in (None, "clear_refs+VmHWM", "psutil-sampling"):
-        raise ValueError(f"cpu_method={cpu_method!r}: expected None, 'clear_refs+VmHWM' or 'psutil-sampling'")
+    if cpu_method not in (None, "mem_tracker", "clear_refs+VmHWM", "psutil-sampling"):
+        raise ValueError(f"cpu_method={cpu_method!r}: expected None, 'mem_tracker', 'clear_refs+VmHWM' or "
+                         "'psutil-sampling'")
     if cpu_method == "clear_refs+VmHWM" and not can_reset_peak_rss():
         raise ValueError("cpu_method='clear_refs+VmHWM' is not possible here (no writable /proc/self/clear_refs); "
                          "use None or 'psutil-sampling'")
     name = type(model).__name__
     n = batch_size if batch_size is not None else C.batch_size_of(example_inputs)
-    method = "cuda.max_memory_allocated" if dev.type == "cuda" else (
-        cpu_method or ("clear_refs+VmHWM" if can_reset_peak_rss() else "psutil-sampling"))
+    method = "cuda.max_memory_allocated" if dev.type == "cuda" else (cpu_method or "mem_tracker")
     result = MemoryResult(device=str(dev), dtype=C.dtype_name(dt), batch_size=n, method=method,
                           param_bytes=0, buffer_bytes=0)
     m: Any = None
@@ -157,6 +179,12 @@ def memory(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devic
                 forward()
                 result.peak_total_bytes = torch.cuda.max_memory_allocated(dev)
                 result.reserved_peak_bytes = torch.cuda.max_memory_reserved(dev)
+            elif method == "mem_tracker":
+                result.input_bytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in C._tensors(x)}
+                                         .values())
+                result.baseline_bytes = result.param_bytes + result.buffer_bytes + result.input_bytes
+                result.peak_total_bytes, result.activation_peak_bytes = tracked_peak(m, x, forward)
+                result.peak_total_bytes = max(result.peak_total_bytes, result.baseline_bytes)
             else:
                 gc.collect()
                 result.baseline_bytes, result.peak_total_bytes, _ = cpu_peak(forward, method)

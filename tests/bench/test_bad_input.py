@@ -407,6 +407,12 @@ def test_hostile_model_files_are_refused_clearly_by_pb_load_and_the_cli(tmp_path
 
 
 @pytest.mark.parametrize("table, says", [
+    # SUITE ends inside [metrics]: these lines are its keys
+    ("target_ci = 0\n", "[metrics]: key 'target_ci' must be a relative half-width in (0, 1)"),
+    ("target_ci = 1.5\n", "got 1.5"),
+    ("target_ci = nan\n", "key 'target_ci'"),
+    ("max_time_s = 0\n", "[metrics]: key 'max_time_s' must be a finite number of seconds > 0, got 0"),
+    ("max_time_s = inf\n", "key 'max_time_s' must be a finite number of seconds > 0, got inf"),
     ('[data]\nname = "xor"\noptions = { n_trian = 10 }\n', "[data]: key 'options' has 'n_trian'; allowed values:"),
     ('[data]\nname = "xor"\nbatch_size = 0\n', "key 'batch_size' must be >= 1"),
     ('[data]\nname = "xor"\n[train]\nepochs = 1\nlr = -0.1\n', "[train]: key 'lr' must be a finite number > 0"),

@@ -56,8 +56,29 @@ def test_check_flags_regressions_beyond_threshold(tmp_path):
     assert res.missing == ["gone"] and res.failed
     md = res.markdown()
     assert "2 regression(s)" in md and "+10.0%" in md and "-10.0 pts" in md
-    assert "ignored: noise above the threshold" in md and "c3" in md
+    assert "not judged: noise above the threshold" in md and "c3" in md
     assert not C.check(run, base, threshold=0.5).failed  # a looser gate passes c2 and c4
+
+
+def paired(cell_id, speedup, low, high, **kw):
+    r = rec(cell_id, 10.0, **kw)
+    r["metrics"].update(speedup=speedup, speedup_ci_low=low, speedup_ci_high=high, speedup_target_met=True)
+    return r
+
+
+def test_check_judges_a_paired_speedup_by_its_interval(tmp_path):
+    base = write(tmp_path / "base", [paired("s1", 2.0, 1.96, 2.04), paired("s2", 2.0, 1.96, 2.04),
+                                     paired("s3", 2.0, 1.96, 2.04), paired("s4", 2.0, 1.9, 2.1)])
+    run = write(tmp_path / "run", [paired("s1", 1.7, 1.66, 1.74),   # -15 %, intervals far apart: a regression
+                                   paired("s2", 1.9, 1.86, 1.94),   # -5 %: 1.94 / 1.96 is inside 1 - 5 %
+                                   rec("s3", 10.0),                 # no paired speedup now: not judged, said why
+                                   paired("s4", 1.8, 1.5, 2.1)])    # -10 %, but its interval reaches 1: no verdict
+    res = C.check(run, base, threshold=0.05, metrics=["speedup"])
+    assert [(r["cell"], r["metric"]) for r in res.regressions] == [("s1", "speedup")]
+    assert res.compared == 4 and res.failed
+    unjudged = {n["cell"]: n["noise"] for n in res.noisy}
+    assert unjudged == {"s3": "the run has no paired speedup"}
+    assert "speedup" in C.CHECK_METRICS and not C.check(run, base, threshold=0.2, metrics=["speedup"]).failed
 
 
 def test_check_failed_cell_is_a_regression(tmp_path):

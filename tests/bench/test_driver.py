@@ -60,6 +60,14 @@ def test_records_hold_config_achieved_metrics_environment(done_run):
         assert m["peak_memory_bytes"] >= 0 and m["param_bytes"] == 4 * a["params"]
         assert r["environment"]["torch"] and r["environment"]["hostname"]
         assert c["batch_size"] == r["details"]["latency"]["batch_size"]
+        if c["level"] > 0:  # timed paired against its own dense model, in the same worker
+            assert m["speedup_ci_low"] <= m["speedup"] <= m["speedup_ci_high"] and m["speedup"] > 0
+            assert isinstance(m["speedup_target_met"], bool)
+            p = r["details"]["paired"]
+            assert p["batch_size"] == c["batch_size"] and len(p["dense_ms"]) == len(p["pruned_ms"]) == p["pairs"]
+            assert "bootstrap" in p["ci_method"] and p["target_ci"] == 0.02
+        else:
+            assert "speedup" not in m and "paired" not in r["details"]
     assert (out / "suite.toml").read_text() == tiny().text and (out / "run.json").is_file()
 
 
@@ -221,3 +229,16 @@ def test_run_cells_reuses_the_cached_fine_tuned_model_and_says_how_it_was_made(d
         assert (r["achieved"]["fine_tune_processes"], r["achieved"]["fine_tune_backend"]) == (2, "gloo")
         assert r["metrics"]["top1"] == two[r["cell_id"]]["metrics"]["top1"]
     assert list((folder / "logs").glob("worker-*-again-0-1.log"))
+
+
+def test_a_speedup_that_cannot_be_timed_is_null_with_the_reason():
+    from torch import nn
+
+    from pybench import zoo
+    from pybench.bench import worker
+
+    cell = next(c for c in S.expand(tiny()) if c.level > 0)
+    metrics, details = worker._speedup(nn.Linear(5, 2), zoo.create("xor_mlp").eval(), cell)  # dense takes no (1, 2)
+    assert metrics == {"speedup": None}
+    assert details["speedup_error"].startswith("paired timing against the dense model failed") and \
+        "dense" in details["speedup_error"]

@@ -97,3 +97,22 @@ def test_infinite_values_show_a_dash_instead_of_crashing():
     assert report._fmt(float("inf"), "int") == "—" and report._fmt(float("-inf"), "pct") == "—"
     assert report._fmt(float("nan"), "int") == "" and report._fmt(None, "x") == ""
     assert report._fmt(2**20, "mb") == "1.00" and report._fmt(1234.0, "int") == "1,234"
+
+
+def test_paired_speedups_are_shown_with_their_interval(tmp_path):
+    st = R.Store(tmp_path / "run")
+    st.append(rec("d1", 0, 1, 10.0, 1000, 100, 4096, 0.90))
+    paired = rec("p1", 0.5, 1, 4.0, 250, 30, 1024, 0.85)
+    paired["metrics"].update(speedup=2.31, speedup_ci_low=2.25, speedup_ci_high=2.38, speedup_target_met=True)
+    loose = rec("q1", 0.5, 1, 5.0, 500, 50, 2048, 0.88, criterion="l2")
+    loose["metrics"].update(speedup=1.8, speedup_ci_low=1.5, speedup_ci_high=2.2, speedup_target_met=False)
+    st.append(paired)
+    st.append(loose)
+    st.append(rec("r1", 0.5, 1, 8.0, 500, 50, 2048, 0.88, criterion="fpgm"))  # an older record: no pairing
+    a = report.analyse(R.load(tmp_path / "run")).set_index("cell_id")
+    assert a.loc["p1", "speedup"] == 2.31 and a.loc["p1", "speedup_unpaired"] == pytest.approx(2.5)
+    assert a.loc["r1", "speedup"] == pytest.approx(10.0 / 8.0) and not a.loc["r1", "speedup_paired"]
+    md = report.markdown(R.load(tmp_path / "run"))
+    assert "2.31x [2.25, 2.38]" in md and "1.80x [1.50, 2.20]*" in md and "1.25x (unpaired)" in md
+    assert "95 % interval" in md
+    assert report.plots(R.load(tmp_path / "run"))  # the error bars draw

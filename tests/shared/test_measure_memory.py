@@ -1,4 +1,5 @@
-"""pb.measure.memory: parameter/buffer bytes, peak growth of a forward on CPU (both methods) and CUDA."""
+"""pb.measure.memory: parameter/buffer bytes, peak growth of a forward on CPU (live tensors by default, RSS as an
+option) and CUDA."""
 
 from __future__ import annotations
 
@@ -85,6 +86,33 @@ def test_batch_size_scales_the_activation_peak() -> None:
     assert small.batch_size == 2 and large.batch_size == 16
     assert large.peak_bytes >= 16 * act  # at least one full activation of the batch is live at once
     assert large.peak_bytes > small.peak_bytes
+
+
+def test_cpu_peak_counts_live_tensor_bytes_exactly() -> None:
+    """A hand-counted net: conv(3->8, 3x3, no bias), BN(8), ReLU, conv(8->4): fp32, 1 x 3 x 16 x 16 input."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 4, 3, padding=1, bias=False))
+    r = pb.measure.memory(model, torch.randn(1, 3, 16, 16))
+    assert r.method == "mem_tracker" and r.error is None
+    assert r.param_bytes == 4 * (8 * 3 * 9 + 8 + 8 + 4 * 8 * 9)  # conv weights, BN gamma and beta
+    assert r.buffer_bytes == 4 * (8 + 8) + 8  # running mean and var, num_batches_tracked (int64)
+    assert r.input_bytes == 4 * 3 * 16 * 16
+    plane = 4 * 16 * 16  # one fp32 channel
+    # the peak: conv1's output (8 channels) still held while BN writes its own (8); ReLU's, then conv2's (4),
+    # come after conv1's output is freed
+    assert r.activation_peak_bytes == r.peak_bytes == 2 * 8 * plane
+    assert r.baseline_bytes == r.param_bytes + r.buffer_bytes + r.input_bytes
+    assert r.peak_total_bytes == r.baseline_bytes + r.peak_bytes
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg11"])
+def test_pruned_at_half_never_peaks_above_dense(name: str) -> None:
+    model = torchvision.models.get_model(name, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    pruned, _ = pb.prune(model, x, ratio=0.5)
+    dense, small = pb.measure.memory(model, x), pb.measure.memory(pruned, x)
+    assert small.peak_bytes <= dense.peak_bytes and small.peak_total_bytes < dense.peak_total_bytes
+    assert small.param_bytes < dense.param_bytes
 
 
 def test_out_of_memory_is_reported() -> None:

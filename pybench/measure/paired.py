@@ -27,7 +27,7 @@ __all__ = ["PairedResult", "paired_latency", "speedup_interval"]
 
 CI_METHOD = "percentile bootstrap (2000 resamples) over paired blocks of the median dense/pruned ratio"
 _BOOTSTRAP = 2000
-_MIN_PAIRS = 8  # fewer pairs give an interval that means little
+_MIN_PAIRS = 16  # fewer pairs give an interval narrower than the run-to-run spread
 _TIMER_SHARE = 0.01  # the timer's cost per block, at most this share of the block
 
 

@@ -227,7 +227,10 @@ def test_summary_of_a_real_run_folder(tmp_path):
     dense = next(r for r in recs if r["config"]["level"] == 0)
     pruned = next(r for r in recs if r["config"]["level"] == 0.5)
     (row,) = data["speedups"]
-    assert row["speedup"] == pytest.approx(dense["metrics"]["latency_p50_ms"] / pruned["metrics"]["latency_p50_ms"])
+    # the paired speedup the worker measured (dense and pruned alternately), with its interval
+    assert row["speedup"] == pytest.approx(pruned["metrics"]["speedup"]) and "speedup" not in dense["metrics"]
+    assert row["speedup_ci"] == [pruned["metrics"]["speedup_ci_low"], pruned["metrics"]["speedup_ci_high"]]
+    assert f"{row['speedup']:.2f}x [{row['speedup_ci'][0]:.2f}, {row['speedup_ci'][1]:.2f}]" in md
     assert row["macs_speedup"] == pytest.approx(dense["achieved"]["macs"] / pruned["achieved"]["macs"])
     assert row["realised_over_macs"] == pytest.approx(row["speedup"] / row["macs_speedup"])
     assert f"{row['macs_speedup']:.2f}x" in md and "cifar_resnet20" in md

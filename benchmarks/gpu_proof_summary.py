@@ -154,7 +154,7 @@ def speedup_table(run: Path) -> tuple[str, list[str], list[dict[str, Any]]]:
              "sm_clock_mhz": clocks.get(r["cell_id"])}
         dicts.append(d)
         rows.append([d["model"], f"{d['level']:g}", d["dtype"], d["batch_size"], _f(d["dense_ms"], ".3f"),
-                     _f(d["pruned_ms"], ".3f"), report._speedup_cell(r), _f(macs, ".2f") + "x",
+                     _f(d["pruned_ms"], ".3f"), report.speedup_cell(r), _f(macs, ".2f") + "x",
                      _f(d["realised_over_macs"], ".2f"), _f(d["noise"] and d["noise"] * 100, ".0f"),
                      f"{d['dense_peak_mib']:.0f} -> {d['pruned_peak_mib']:.0f}",
                      f"{_f(d['dense_mj_per_item'], '.2f')} -> {_f(d['pruned_mj_per_item'], '.2f')}",

@@ -58,6 +58,11 @@ class MetricsSettings:
     # is at most target_ci, or max_time_s (per cell) is spent
     target_ci: float = 0.02
     max_time_s: float = 5.0
+    # torch's intra-op threads while measuring (0: torch's default, one per core) and the CPUs the worker is pinned
+    # to while timing (empty: not pinned); on a shared machine fewer threads than cores keeps a competing process
+    # from stalling every parallel region
+    threads: int = 0
+    cpu_affinity: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

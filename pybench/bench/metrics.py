@@ -82,7 +82,10 @@ def measure_speedup(dense: Any, pruned: Any, cell: Cell) -> tuple[dict, dict]:
 
     met = cell.metrics
     r = measure.paired_latency(dense, pruned, example_input(cell, batch=1), device=cell.device, dtype=cell.dtype,
-                               batch_size=cell.batch_size, target_ci=met.target_ci, max_time_s=met.max_time_s)
+                               batch_size=cell.batch_size, target_ci=met.target_ci, max_time_s=met.max_time_s,
+                               channels_last=met.channels_last)
+    if r.error:
+        raise RuntimeError(r.error)
     metrics = {"speedup": r.speedup, "speedup_ci_low": r.speedup_ci_low, "speedup_ci_high": r.speedup_ci_high,
                "speedup_target_met": r.target_met, "dense_latency_paired_p50_ms": r.dense_p50_ms,
                "latency_paired_p50_ms": r.pruned_p50_ms}

@@ -103,7 +103,7 @@ def _tables(df: Any, tablefmt: str) -> list[tuple[str, str]]:
         rows = []
         for _, r in m.iterrows():
             rows.append([r["criterion"], r["schedule"], _fmt(r["level"], "g"), r["batch_size"], r["dtype"],
-                         r["device"], _fmt(r.get("latency_p50_ms"), "ms"), _speedup_cell(r),
+                         r["device"], _fmt(r.get("latency_p50_ms"), "ms"), speedup_cell(r),
                          _fmt(r.get("speedup_noise"), "pct"),
                          _fmt(r.get("theoretical_speedup"), "x"), _fmt(r.get("memory_saved"), "pct"),
                          _fmt(r.get("macs_removed"), "pct"), _fmt(r.get("params_removed"), "pct"),
@@ -164,7 +164,7 @@ def _runs_table(df: Any, tablefmt: str) -> str:
                     tablefmt=tablefmt, disable_numparse=True)
 
 
-def _speedup_cell(r: Any) -> str:
+def speedup_cell(r: Any) -> str:
     """``2.31x [2.25, 2.38]`` for a paired speedup with its 95 % interval (``*``: the interval did not reach
     [metrics] target_ci in max_time_s); an unpaired ratio of two cells' medians is marked ``(unpaired)``."""
     import math

@@ -219,7 +219,16 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
     met = tables["metrics"]
     where = f"{path} [metrics]"
     _allowed(where, "collect", met["collect"], METRICS)
-    _at_least(where, met, repeats=1, warmup=0, iters=1, accuracy_max_batches=0, min_time=0.0)
+    _at_least(where, met, repeats=1, warmup=0, iters=1, accuracy_max_batches=0, min_time=0.0, threads=0)
+    cpus = met["cpu_affinity"]
+    if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cpus) or len(set(cpus)) != len(cpus):
+        raise SuiteError(f"{where}: key 'cpu_affinity' must list distinct CPU numbers >= 0 (e.g. [0] or [2, 3]), "
+                         f"got {cpus!r}")
+    if cpus and require_data and hasattr(os, "sched_getaffinity"):  # about to run here: these CPUs must exist
+        allowed = sorted(os.sched_getaffinity(0))
+        if not set(cpus) <= set(allowed):
+            raise SuiteError(f"{where}: key 'cpu_affinity' has {sorted(set(cpus) - set(allowed))}: this machine "
+                             f"lets pybench run on CPUs {allowed} only")
     if not 0 < met["target_ci"] < 1:
         raise SuiteError(f"{where}: key 'target_ci' must be a relative half-width in (0, 1) (e.g. 0.02 for +-2 %), "
                          f"got {met['target_ci']}")

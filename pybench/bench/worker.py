@@ -44,10 +44,34 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
 
 
+def _conditions(cell: Cell) -> None:
+    """The worker's threads and CPUs for everything it runs (training, evaluation, measurement), from [metrics]
+    threads / cpu_affinity: set before the environment is captured, so records say what the worker ran with."""
+    import torch
+
+    met = cell.metrics
+    if met.threads:
+        torch.set_num_threads(met.threads)
+    if met.cpu_affinity:
+        allowed = sorted(os.sched_getaffinity(0))
+        if not set(met.cpu_affinity) <= set(allowed):
+            raise ValueError(f"[metrics] cpu_affinity = {list(met.cpu_affinity)}: this worker may only run on CPUs "
+                             f"{allowed}; pick CPUs from that list or drop the key")
+        os.sched_setaffinity(0, set(met.cpu_affinity))
+
+
 def run_job(folder: str | os.PathLike, cells: list[Cell], send: Any) -> None:
     """Prepare and measure ``cells`` (a group's cells next to each other), sending each event to ``send``."""
     from pybench import measure
 
+    try:
+        if cells:
+            _conditions(cells[0])
+    except Exception as e:
+        env = measure.environment().to_dict()
+        for c in cells:
+            send({"type": "record", "record": protocol.failed_record(c, "", str(e), env)})
+        return
     env = measure.environment().to_dict()
     ctx = Context(Path(folder))
     groups: dict[str, list[Cell]] = {}

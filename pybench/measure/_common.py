@@ -10,7 +10,9 @@ import contextlib
 import copy
 import ctypes
 import gc
-from collections.abc import Iterator, Mapping, Sequence
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -103,6 +105,14 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, (list, tuple)):
         return [t for v in obj for t in _tensors(v)]
     return []
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes held by ``tensors``, a tensor that appears twice counted once."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        seen.setdefault(id(t), t.numel() * t.element_size())
+    return sum(seen.values())
 
 
 def input_shapes(inputs: Any) -> str:
@@ -251,6 +261,57 @@ def num_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+@contextlib.contextmanager
+def cpu_affinity(cpus: Sequence[int] | None) -> Iterator[list[int]]:
+    """Pin this process to ``cpus`` for the block (None: leave it), restoring the old set afterwards; yields the
+    CPUs the process may run on (empty where the OS cannot say)."""
+    if not hasattr(os, "sched_getaffinity"):
+        if cpus:
+            raise ValueError(f"cpu_affinity={list(cpus)}: this OS cannot pin a process; drop the option")
+        yield []
+        return
+    saved = os.sched_getaffinity(0)
+    if cpus:
+        allowed = sorted(saved)
+        if not set(cpus) <= saved:
+            raise ValueError(f"cpu_affinity={list(cpus)}: this process may only run on CPUs {allowed}")
+        os.sched_setaffinity(0, set(cpus))
+    try:
+        yield sorted(os.sched_getaffinity(0))
+    finally:
+        if cpus:
+            os.sched_setaffinity(0, saved)
+
+
+Clock = Callable[[Callable[[], Any], int], float]
+
+
+def block_clock(device: torch.device) -> tuple[Clock, str]:
+    """(fn(call, n) -> seconds that n calls of ``call`` took, the timer's name): CUDA events around the block,
+    the device synchronised before it so no earlier work is counted, or perf_counter on the CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def cuda_block(call: Callable[[], Any], n: int) -> float:
+            torch.cuda.synchronize(device)
+            start.record()
+            for _ in range(n):
+                call()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+
+        return cuda_block, "cuda_events"
+
+    def cpu_block(call: Callable[[], Any], n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            call()
+        return time.perf_counter() - t0
+
+    return cpu_block, "perf_counter"
 
 
 def synchronize(device: torch.device) -> None:

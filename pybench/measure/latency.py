@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -73,27 +72,15 @@ def summarize(samples_s: list[float], batch_size: int) -> dict[str, float]:
 
 def _time_loop(fn: Callable[[], Any], device: torch.device, iters: int, min_time: float | None,
                max_iters: int) -> list[float]:
-    """Per-call seconds: at least ``iters`` calls, and more until their sum reaches ``min_time`` (at most max_iters)."""
+    """Per-call seconds: at least ``iters`` calls, and more until their sum reaches ``min_time`` (at most max_iters).
+    On CUDA each call is synchronised, so calls never overlap."""
+    clock, _ = C.block_clock(device)
     samples: list[float] = []
     total = 0.0
-    if device.type == "cuda":
-        # events measure the GPU's time for the call; synchronising each call keeps calls from overlapping
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        while len(samples) < max_iters and (len(samples) < iters or (min_time is not None and total < min_time)):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            s = start.elapsed_time(end) / 1e3
-            samples.append(s)
-            total += s
-    else:
-        while len(samples) < max_iters and (len(samples) < iters or (min_time is not None and total < min_time)):
-            t0 = time.perf_counter()
-            fn()
-            s = time.perf_counter() - t0
-            samples.append(s)
-            total += s
+    while len(samples) < max_iters and (len(samples) < iters or (min_time is not None and total < min_time)):
+        s = clock(fn, 1)
+        samples.append(s)
+        total += s
     return samples
 
 

@@ -54,12 +54,7 @@ class MemoryResult:
 
 def param_buffer_bytes(model: nn.Module) -> tuple[int, int]:
     """(parameter bytes, buffer bytes) of ``model``, each shared tensor counted once."""
-    def total(tensors: Any) -> int:
-        seen: dict[int, int] = {}
-        for t in tensors:
-            seen.setdefault(id(t), t.numel() * t.element_size())
-        return sum(seen.values())
-    return total(model.parameters()), total(model.buffers())
+    return C.tensor_bytes(model.parameters()), C.tensor_bytes(model.buffers())
 
 
 def _status_kib(field: str) -> int:
@@ -180,8 +175,7 @@ def memory(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devic
                 result.peak_total_bytes = torch.cuda.max_memory_allocated(dev)
                 result.reserved_peak_bytes = torch.cuda.max_memory_reserved(dev)
             elif method == "mem_tracker":
-                result.input_bytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in C._tensors(x)}
-                                         .values())
+                result.input_bytes = C.tensor_bytes(C._tensors(x))
                 result.baseline_bytes = result.param_bytes + result.buffer_bytes + result.input_bytes
                 result.peak_total_bytes, result.activation_peak_bytes = tracked_peak(m, x, forward)
                 result.peak_total_bytes = max(result.peak_total_bytes, result.baseline_bytes)

@@ -11,7 +11,6 @@ its interval a percentile bootstrap over pairs. Timing goes on until the interva
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from pybench.measure import _common as C
+from pybench.measure.telemetry import telemetry
 
 __all__ = ["PairedResult", "paired_latency", "speedup_interval"]
 
@@ -61,17 +61,14 @@ class PairedResult:
     dense_ms: list[float] = field(default_factory=list)
     pruned_ms: list[float] = field(default_factory=list)
     cpu_affinity: list[int] = field(default_factory=list)  # the CPUs this process may run on while timing
+    pinned: bool = False  # cpu_affinity was set for the timing (else it is the process's own)
+    channels_last: bool = False
+    # CUDA: the GPU's clocks, power, temperature and throttle reasons just before and just after the timing
+    gpu_clocks: dict[str, Any] | None = None
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _affinity() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return []
 
 
 def speedup_interval(dense: np.ndarray | list[float], pruned: np.ndarray | list[float],
@@ -89,31 +86,6 @@ def speedup_interval(dense: np.ndarray | list[float], pruned: np.ndarray | list[
     boots = np.median(log_ratio[idx], axis=1)
     low, high = np.percentile(boots, [2.5, 97.5])
     return float(np.exp(np.median(log_ratio))), float(np.exp(low)), float(np.exp(high))
-
-
-def _block_timer(device: torch.device) -> tuple[Callable[[Callable[[], Any], int], float], str]:
-    """fn(call, n) -> seconds for n calls of ``call``, and the timer's name."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-        def cuda_block(call: Callable[[], Any], n: int) -> float:
-            torch.cuda.synchronize(device)  # the other model's work is done before this block starts
-            start.record()
-            for _ in range(n):
-                call()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-
-        return cuda_block, "cuda_events (synchronised per block)"
-
-    def cpu_block(call: Callable[[], Any], n: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            call()
-        return time.perf_counter() - t0
-
-    return cpu_block, "perf_counter"
 
 
 def _timer_cost() -> float:
@@ -136,21 +108,26 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs
                    dtype: str | torch.dtype = torch.float32, batch_size: int | None = None, *,
                    target_ci: float = 0.02, max_time_s: float = 30.0, min_pairs: int = _MIN_PAIRS,
                    max_pairs: int = 2000, block_s: float | None = None, max_warmup_s: float | None = None,
-                   threads: int | None = None, inference_mode: bool = True,
-                   clock: Callable[[Callable[[], Any], int], float] | None = None) -> PairedResult:
+                   threads: int | None = None, cpu_affinity: list[int] | None = None, channels_last: bool = False,
+                   inference_mode: bool = True, clock: C.Clock | None = None) -> PairedResult:
     """Time ``dense`` and ``pruned`` on the same input, alternately, until the speedup's 95 % interval is within
     ``target_ci`` (relative half-width) or ``max_time_s`` is spent.
 
     Args:
         dense, pruned: the two models (copied, put in eval mode, moved and cast; the callers' are untouched).
-        example_inputs, device, dtype, batch_size, threads, inference_mode: as :func:`pybench.measure.latency`.
+        example_inputs, device, dtype, batch_size, threads, channels_last, inference_mode: as
+            :func:`pybench.measure.latency`.
         target_ci: relative half-width of the interval to reach, in (0, 1).
         max_time_s: time budget of warm-up and timing together, > 0.
         min_pairs / max_pairs: the least and most pairs of blocks timed.
         block_s: seconds per block (default: 100x the timer's cost and at least 1 ms; at least one call).
         max_warmup_s: warm-up budget (default a quarter of ``max_time_s``).
+        cpu_affinity: pin the process to these CPUs while timing (restored afterwards); default: as it is.
         clock: ``fn(call, n) -> seconds`` for n calls; the default is CUDA events or perf_counter. Tests pass a
             fake one.
+
+    Returns:
+        PairedResult; on out-of-memory its statistics are None and ``error`` says so (memory is released).
     """
     if not (isinstance(target_ci, (int, float)) and 0 < target_ci < 1):
         raise ValueError(f"target_ci={target_ci!r}: expected a relative half-width in (0, 1), e.g. 0.02")
@@ -161,51 +138,42 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs
     dev = C.resolve_device(device)
     dt = C.resolve_dtype(dtype, dev)
     n = batch_size if batch_size is not None else C.batch_size_of(example_inputs)
-    block_clock, timer = _block_timer(dev)
-    if clock is not None:
-        block_clock, timer = clock, "injected"
+    block_clock, timer = C.block_clock(dev) if clock is None else (clock, "injected")
+    if dev.type == "cuda" and clock is None:
+        timer += " (device synchronised before each block)"
+    result = PairedResult(device=str(dev), dtype=C.dtype_name(dt), batch_size=n,
+                          threads=threads or torch.get_num_threads(), timer=timer, block_calls=1, pairs=0,
+                          warmup_blocks=0, steady=False, target_ci=float(target_ci), max_time_s=float(max_time_s),
+                          target_met=False, pinned=bool(cpu_affinity), channels_last=channels_last)
+    x: Any = None
+    models: list[Any] = []
+    calls: list[Any] = []
+    d_s: list[float] = []
+    p_s: list[float] = []
     t_start = time.perf_counter()
-    with C.on_device(dev), C.num_threads(threads), C.grad_mode(inference_mode):
-        x = C.prepare_inputs(example_inputs, dev, dt, batch_size)
-        models = [C.prepare_model(m, dev, dt) for m in (dense, pruned)]
-        for m, name in zip(models, ("dense", "pruned"), strict=True):
-            C.check_call(m, x, dev, dt, inference_mode, f"{name} {type(m).__name__}")
-        calls = [lambda m=m: C.call(m, x) for m in models]
-        result = PairedResult(device=str(dev), dtype=C.dtype_name(dt), batch_size=n,
-                              threads=threads or torch.get_num_threads(), timer=timer, block_calls=1, pairs=0,
-                              warmup_blocks=0, steady=False, target_ci=float(target_ci),
-                              max_time_s=float(max_time_s), target_met=False, cpu_affinity=_affinity())
-        with C.gc_paused():
-            # block length: the slower model's warm call (the fastest of a few: the first calls pay one-time
-            # costs), repeated until the block dwarfs the timer's cost
-            for call in calls:
-                block_clock(call, 2)
-            one = max(min(block_clock(call, 1) for _ in range(5)) for call in calls)
-            one = max(one, 1e-9)
-            want = block_s if block_s is not None else max(_timer_cost() / _TIMER_SHARE, 1e-3)
-            k = max(1, math.ceil(want / one))
-            result.block_calls = k
-            warm_budget = max_time_s / 4 if max_warmup_s is None else max_warmup_s
-            warm: list[float] = []
-            while not _steady(warm) and time.perf_counter() - t_start < warm_budget:
-                warm.append(block_clock(calls[0], k) + block_clock(calls[1], k))
-            result.warmup_blocks, result.steady = len(warm), _steady(warm)
-            d_s: list[float] = []
-            p_s: list[float] = []
-            while len(d_s) < max_pairs:
-                if len(d_s) % 2 == 0:  # ABBA: dense first in even pairs, pruned first in odd ones
-                    d, p = block_clock(calls[0], k), block_clock(calls[1], k)
-                else:
-                    p, d = block_clock(calls[1], k), block_clock(calls[0], k)
-                d_s.append(d / k)
-                p_s.append(p / k)
-                if len(d_s) >= min_pairs and len(d_s) % 4 == 0:
-                    s, lo, hi = speedup_interval(d_s, p_s)
-                    if (hi - lo) / 2 / s <= target_ci:
-                        result.target_met = True
-                        break
-                if len(d_s) >= min_pairs and time.perf_counter() - t_start > max_time_s:
-                    break
+    try:
+        with (C.on_device(dev), C.num_threads(threads), C.cpu_affinity(cpu_affinity) as cpus,
+              C.grad_mode(inference_mode)):
+            result.cpu_affinity = cpus
+            x = C.prepare_inputs(example_inputs, dev, dt, batch_size, channels_last)
+            models = [C.prepare_model(m, dev, dt, channels_last) for m in (dense, pruned)]
+            for m, name in zip(models, ("dense", "pruned"), strict=True):
+                C.check_call(m, x, dev, dt, inference_mode, f"{name} {type(m).__name__}")
+            calls = [lambda m=m: C.call(m, x) for m in models]
+            before = telemetry(dev).to_dict() if dev.type == "cuda" else None
+            with C.gc_paused():
+                _time_pairs(result, calls, block_clock, d_s, p_s, t_start, min_pairs, max_pairs, block_s,
+                            max_time_s / 4 if max_warmup_s is None else max_warmup_s)
+            if before is not None:
+                result.gpu_clocks = {"before": before, "after": telemetry(dev).to_dict()}
+    except Exception as e:
+        if not C.is_oom(e):
+            raise
+        result.error = C.oom_message("paired latency", e, dev)
+    if result.error is not None:
+        models, calls, x = [], [], None  # outside the except block: the traceback no longer holds the tensors
+        C.release_memory(dev)
+        return result
     s, lo, hi = speedup_interval(d_s, p_s)
     result.pairs = len(d_s)
     result.speedup, result.speedup_ci_low, result.speedup_ci_high = s, lo, hi
@@ -217,3 +185,34 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs
     result.pruned_p50_ms = float(np.median(result.pruned_ms))
     result.elapsed_s = time.perf_counter() - t_start
     return result
+
+
+def _time_pairs(result: PairedResult, calls: list[Callable[[], Any]], block_clock: C.Clock, d_s: list[float],
+                p_s: list[float], t_start: float, min_pairs: int, max_pairs: int, block_s: float | None,
+                warm_budget: float) -> None:
+    """Size the blocks, warm up until steady, then time ABBA pairs into ``d_s`` / ``p_s`` (per-call seconds)
+    until the interval reaches ``result.target_ci`` or ``result.max_time_s`` is spent."""
+    # block length: the slower model's warm call (the fastest of a few: the first calls pay one-time costs),
+    # repeated until the block dwarfs the timer's cost
+    for call in calls:
+        block_clock(call, 2)
+    one = max(max(min(block_clock(call, 1) for _ in range(5)) for call in calls), 1e-9)
+    want = block_s if block_s is not None else max(_timer_cost() / _TIMER_SHARE, 1e-3)
+    k = result.block_calls = max(1, math.ceil(want / one))
+    warm: list[float] = []
+    while not _steady(warm) and time.perf_counter() - t_start < warm_budget:
+        warm.append(block_clock(calls[0], k) + block_clock(calls[1], k))
+    result.warmup_blocks, result.steady = len(warm), _steady(warm)
+    while len(d_s) < max_pairs:
+        if len(d_s) % 2 == 0:  # ABBA: dense first in even pairs, pruned first in odd ones
+            d, p = block_clock(calls[0], k), block_clock(calls[1], k)
+        else:
+            p, d = block_clock(calls[1], k), block_clock(calls[0], k)
+        d_s.append(d / k)
+        p_s.append(p / k)
+        if len(d_s) >= min_pairs and len(d_s) % 4 == 0:
+            s, lo, hi = speedup_interval(d_s, p_s)
+            if (hi - lo) / 2 / s <= result.target_ci:
+                return
+        if len(d_s) >= min_pairs and time.perf_counter() - t_start > result.max_time_s:
+            return

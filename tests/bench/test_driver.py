@@ -22,6 +22,8 @@ collect = ["latency", "memory", "macs"]
 repeats = 2
 warmup = 1
 iters = 3
+threads = 1
+cpu_affinity = [0]
 [run]
 isolation = "{isolation}"
 timeout_s = {timeout}
@@ -59,13 +61,16 @@ def test_records_hold_config_achieved_metrics_environment(done_run):
         assert len(r["details"]["latency_repeats_p50_ms"]) == 2 and m["latency_noise"] is not None
         assert m["peak_memory_bytes"] >= 0 and m["param_bytes"] == 4 * a["params"]
         assert r["environment"]["torch"] and r["environment"]["hostname"]
+        # [metrics] threads / cpu_affinity hold for the whole worker, and the records say so
+        assert (r["environment"]["torch_threads"], r["environment"]["cpu_affinity"]) == (1, 1)
+        assert r["details"]["latency"]["threads"] == 1
         assert c["batch_size"] == r["details"]["latency"]["batch_size"]
         if c["level"] > 0:  # timed paired against its own dense model, in the same worker
             assert m["speedup_ci_low"] <= m["speedup"] <= m["speedup_ci_high"] and m["speedup"] > 0
             assert isinstance(m["speedup_target_met"], bool)
             p = r["details"]["paired"]
             assert p["batch_size"] == c["batch_size"] and len(p["dense_ms"]) == len(p["pruned_ms"]) == p["pairs"]
-            assert "bootstrap" in p["ci_method"] and p["target_ci"] == 0.02
+            assert "bootstrap" in p["ci_method"] and p["target_ci"] == 0.02 and p["threads"] == 1
         else:
             assert "speedup" not in m and "paired" not in r["details"]
     assert (out / "suite.toml").read_text() == tiny().text and (out / "run.json").is_file()

@@ -7,6 +7,7 @@ test depends on how loaded the machine is; one real run checks the shape of the 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -116,3 +117,58 @@ def test_bad_arguments_name_the_key(kw, message):
 def test_inputs_that_fit_one_model_only_are_refused():
     with pytest.raises(ValueError, match="pruned"):
         paired_latency(nn.Linear(4, 2), nn.Linear(3, 2), torch.zeros(1, 4))
+
+
+class RunsOutOfMemory(nn.Module):
+    """Fits the input check, then runs out of memory on every later forward (as a larger batch would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return x
+
+
+def test_out_of_memory_is_an_error_not_a_speedup():
+    r = paired_latency(nn.Identity(), RunsOutOfMemory(), torch.zeros(1, 4), max_time_s=1)
+    assert r.error is not None and "out of memory" in r.error
+    assert r.speedup is None and r.pairs == 0 and r.dense_ms == []
+
+
+def test_pinning_holds_the_process_to_the_cpus_while_timing_only():
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this OS")
+    before = os.sched_getaffinity(0)
+    cpu = min(before)
+    seen = []
+
+    def clock(call, n):
+        seen.append(os.sched_getaffinity(0))
+        return n * float(call()[0])
+
+    r = paired_latency(Costly(2e-3), Costly(1e-3), torch.zeros(1), clock=clock, cpu_affinity=[cpu],
+                       target_ci=0.5, min_pairs=4)
+    assert r.pinned and r.cpu_affinity == [cpu] and all(s == {cpu} for s in seen)
+    assert os.sched_getaffinity(0) == before  # restored
+    unpinned = paired_latency(Costly(2e-3), Costly(1e-3), torch.zeros(1), clock=fake_clock(), target_ci=0.5,
+                              min_pairs=4)
+    assert not unpinned.pinned and unpinned.cpu_affinity == sorted(before)
+    with pytest.raises(ValueError, match="may only run on CPUs"):
+        paired_latency(nn.Identity(), nn.Identity(), torch.zeros(1), cpu_affinity=[max(before) + 1000])
+
+
+def test_channels_last_times_both_models_in_that_layout():
+    layouts = []
+
+    class Layout(nn.Conv2d):
+        def forward(self, x):
+            layouts.append(x.is_contiguous(memory_format=torch.channels_last))
+            return super().forward(x)
+
+    r = paired_latency(Layout(3, 4, 3), Layout(3, 2, 3), torch.randn(1, 3, 8, 8), channels_last=True,
+                       max_time_s=0.5, target_ci=0.5, min_pairs=4)
+    assert r.channels_last and layouts and all(layouts)

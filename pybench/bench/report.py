@@ -48,8 +48,11 @@ def analyse(df: Any) -> Any:
         paired = j["speedup"] if "speedup" in j else pd.Series(float("nan"), index=j.index)
         out["speedup_paired"] = paired.notna()
         out["speedup"] = paired.astype(float).fillna(out["speedup_unpaired"])
-    if "latency_noise" in j:  # a speedup is as uncertain as the noisier of its two latencies
+    if "latency_noise" in j:  # an unpaired ratio is as uncertain as the noisier of its two latencies
         out["speedup_noise"] = j[["latency_noise", "dense_latency_noise"]].max(axis=1)
+    if "speedup_ci_low" in j:  # a paired speedup is as uncertain as its interval: its relative half-width
+        half = (j["speedup_ci_high"] - j["speedup_ci_low"]) / 2 / j["speedup"]
+        out["speedup_noise"] = half.where(out["speedup_paired"], out.get("speedup_noise"))
     if "macs" in j:
         out["theoretical_speedup"] = j["dense_macs"] / j["macs"]
         out["macs_removed"] = 1 - j["macs"] / j["dense_macs"]
@@ -184,18 +187,33 @@ _LEGEND = ("speedup = dense / pruned latency, timed alternately in one process, 
            "bootstrap over paired blocks; * marks an interval that did not reach [metrics] target_ci within "
            "max_time_s; (unpaired) marks a ratio of two cells' p50s, from records without paired timing); MACs "
            "speedup = dense MACs / pruned MACs (the theoretical speedup); noise = (max - min) / median of the "
-           "repeats' p50 (for a speedup: the larger of its two latencies'); top-1 change in points.")
+           "repeats' p50; for a paired speedup, its interval's half-width relative to it (for an unpaired one, the "
+           "larger of its two latencies' noise); top-1 change in points.")
 
 
 def _noise_warning(df: Any, limit: float = 0.1) -> str | None:
-    if "latency_noise" not in df.columns:
-        return None
-    noise = df["latency_noise"].dropna()
-    if not len(noise) or noise.median() <= limit:
-        return None
-    return (f"Latency noise is high (median {noise.median():.0%} across cells, above {limit:.0%}): the machine was "
-            "busy or the runs were too short; treat the latencies and speedups as unreliable and rerun with more "
-            "repeats / iterations on a quiet machine.")
+    """What a reader should distrust: paired speedups whose interval missed [metrics] target_ci, and noisy
+    latencies (which, where speedups are paired, make absolute latencies unreliable but not the speedups)."""
+    import pandas as pd
+
+    said = []
+    if "speedup_target_met" in df.columns:
+        met = df.loc[(df["status"] == "ok") & df["speedup_target_met"].notna(), "speedup_target_met"]
+        missed = int((~met.astype(bool)).sum())
+        if missed:
+            said.append(f"{missed} of {len(met)} paired speedups did not reach [metrics] target_ci within max_time_s "
+                        "(marked *): read their intervals, or rerun them with a larger max_time_s on a quieter "
+                        "machine.")
+    noise = df["latency_noise"].dropna() if "latency_noise" in df.columns else pd.Series(dtype=float)
+    if len(noise) and noise.median() > limit:
+        paired = "speedup_ci_low" in df.columns and df["speedup_ci_low"].notna().any()
+        said.append(f"Latency noise is high (median {noise.median():.0%} across cells, above {limit:.0%}): the "
+                    "machine was busy or the runs were too short; "
+                    + ("absolute latencies are unreliable, while the speedups, timed paired, are as reliable as "
+                       "their intervals." if paired else
+                       "treat the latencies and speedups as unreliable and rerun with more repeats / iterations "
+                       "on a quiet machine."))
+    return " ".join(said) or None
 
 
 def markdown(df: Any, title: str = "pybench report") -> str:

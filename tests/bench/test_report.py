@@ -116,3 +116,19 @@ def test_paired_speedups_are_shown_with_their_interval(tmp_path):
     assert "2.31x [2.25, 2.38]" in md and "1.80x [1.50, 2.20]*" in md and "1.25x (unpaired)" in md
     assert "95 % interval" in md
     assert report.plots(R.load(tmp_path / "run"))  # the error bars draw
+    # a paired speedup's noise is its interval's relative half-width; an unpaired one's, its latencies' noise
+    assert a.loc["p1", "speedup_noise"] == pytest.approx((2.38 - 2.25) / 2 / 2.31)
+    assert a.loc["q1", "speedup_noise"] == pytest.approx(0.35 / 1.8) and a.loc["r1", "speedup_noise"] == 0.01
+    assert "1 of 2 paired speedups did not reach [metrics] target_ci" in md
+
+
+def test_noisy_latencies_beside_paired_speedups_say_which_to_trust(tmp_path):
+    st = R.Store(tmp_path / "noisy")
+    dense, pruned = rec("d1", 0, 1, 10.0, 1000, 100, 4096, 0.9), rec("p1", 0.5, 1, 4.0, 250, 30, 1024, 0.85)
+    pruned["metrics"].update(speedup=2.4, speedup_ci_low=2.38, speedup_ci_high=2.42, speedup_target_met=True)
+    for r in (dense, pruned):
+        r["metrics"]["latency_noise"] = 0.5
+        st.append(r)
+    md = report.markdown(R.load(tmp_path / "noisy"))
+    assert "Latency noise is high (median 50%" in md and "absolute latencies are unreliable, while the speedups" in md
+    assert "paired speedups did not reach" not in md

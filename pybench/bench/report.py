@@ -48,6 +48,8 @@ def analyse(df: Any) -> Any:
         paired = j["speedup"] if "speedup" in j else pd.Series(float("nan"), index=j.index)
         out["speedup_paired"] = paired.notna()
         out["speedup"] = paired.astype(float).fillna(out["speedup_unpaired"])
+        if "speedup_error" in j:  # paired timing failed: no speedup, never a ratio of two cells in its place
+            out.loc[j["speedup_error"].notna(), "speedup"] = float("nan")
     if "latency_noise" in j:  # an unpaired ratio is as uncertain as the noisier of its two latencies
         out["speedup_noise"] = j[["latency_noise", "dense_latency_noise"]].max(axis=1)
     if "speedup_ci_low" in j:  # a paired speedup is as uncertain as its interval: its relative half-width
@@ -172,6 +174,8 @@ def speedup_cell(r: Any) -> str:
     [metrics] target_ci in max_time_s); an unpaired ratio of two cells' medians is marked ``(unpaired)``."""
     import math
 
+    if isinstance(r.get("speedup_error"), str):
+        return "— (paired timing failed)"
     s = r.get("speedup")
     if s is None or (isinstance(s, float) and math.isnan(s)):
         return ""
@@ -204,6 +208,10 @@ def _noise_warning(df: Any, limit: float = 0.1) -> str | None:
             said.append(f"{missed} of {len(met)} paired speedups did not reach [metrics] target_ci within max_time_s "
                         "(marked *): read their intervals, or rerun them with a larger max_time_s on a quieter "
                         "machine.")
+    if "speedup_error" in df.columns and df["speedup_error"].notna().any():
+        failed = df[df["speedup_error"].notna()]
+        said.append(f"Paired timing failed for {len(failed)} pruned cells, so they have no speedup (the first: "
+                    f"{failed.iloc[0]['speedup_error']}).")
     noise = df["latency_noise"].dropna() if "latency_noise" in df.columns else pd.Series(dtype=float)
     if len(noise) and noise.median() > limit:
         paired = "speedup_ci_low" in df.columns and df["speedup_ci_low"].notna().any()

@@ -182,6 +182,9 @@ def _row(rec: dict[str, Any], folder: Path) -> dict[str, Any]:
                duration_s=rec.get("duration_s"))
     row.update(rec.get("achieved") or {})
     row.update(rec.get("metrics") or {})
+    error = (rec.get("details") or {}).get("speedup_error")
+    if error:  # the speedup is null for this reason: readers must not put another ratio in its place
+        row["speedup_error"] = str(error).splitlines()[0]
     return row
 
 

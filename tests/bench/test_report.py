@@ -132,3 +132,21 @@ def test_noisy_latencies_beside_paired_speedups_say_which_to_trust(tmp_path):
     md = report.markdown(R.load(tmp_path / "noisy"))
     assert "Latency noise is high (median 50%" in md and "absolute latencies are unreliable, while the speedups" in md
     assert "paired speedups did not reach" not in md
+
+
+def test_a_failed_paired_timing_shows_no_speedup_and_says_why(tmp_path):
+    st = R.Store(tmp_path / "run")
+    st.append(rec("d1", 0, 1, 10.0, 1000, 100, 4096, 0.90))
+    failed = rec("p1", 0.5, 1, 4.0, 250, 30, 1024, 0.85)
+    failed["metrics"]["speedup"] = None
+    failed["details"] = {"speedup_error": "paired timing against the dense model failed: RuntimeError: boom\ntrace"}
+    st.append(failed)
+    df = R.load(tmp_path / "run")
+    assert df.set_index("cell_id").loc["p1", "speedup_error"] == ("paired timing against the dense model failed: "
+                                                                  "RuntimeError: boom")
+    a = report.analyse(df).set_index("cell_id")
+    assert a.loc["p1", "speedup"] != a.loc["p1", "speedup"]  # NaN: not the two cells' ratio (2.5) in its place
+    assert a.loc["p1", "speedup_unpaired"] == pytest.approx(2.5)
+    md = report.markdown(df)
+    assert "— (paired timing failed)" in md and "2.50x" not in md
+    assert "Paired timing failed for 1 pruned cells" in md and "RuntimeError: boom" in md

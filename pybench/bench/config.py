@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,10 @@ class Matrix:
     dtypes: tuple[str, ...] = ("float32",)
     devices: tuple[str, ...] = ("cpu",)
     seeds: tuple[int, ...] = (0,)
+    # inference backends (pybench.bench.backends: NAME or NAME:MODE); dense and pruned timed on each
+    backends: tuple[str, ...] = ("eager",)
+    # channel rounding of the pruned models ([prune] round_to for each value; empty: [prune]'s own)
+    round_to: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -226,6 +231,7 @@ class Cell:
     timeout_s: float
     fine_tune_processes: int = 1
     fine_tune_backend: str = ""
+    backend: str = "eager"  # the inference backend it is measured on (not part of the id when eager)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Cell) and (self.cell_id, self.group_id) == (other.cell_id, other.group_id)
@@ -258,7 +264,8 @@ class Cell:
 
     def label(self) -> str:
         what = "dense" if self.level == 0 else f"{self.criterion}/{self.schedule}@{self.level:g}"
-        return f"{self.model} {what} bs={self.batch_size} {self.dtype} {self.device} seed={self.seed}"
+        on = "" if self.backend == "eager" else f" {self.backend}"
+        return f"{self.model} {what} bs={self.batch_size} {self.dtype} {self.device}{on} seed={self.seed}"
 
 
 # ---- a suite's matrix expanded into cells: their order and ids -------------------------------------------------
@@ -304,7 +311,7 @@ def _digest(obj: Any) -> str:
 
 def expand(suite: Suite) -> list[Cell]:
     """All cells of ``suite`` in run order: by model, seed, then level (dense first), criterion, schedule, then
-    batch size, dtype, device."""
+    batch size, dtype, device, backend."""
     m = suite.matrix
     cells: list[Cell] = []
     for model in m.models:
@@ -313,10 +320,13 @@ def expand(suite: Suite) -> list[Cell]:
                                          num_classes=_num_classes(suite, model), weights=opts.get("weights"))
         for seed in m.seeds:
             for level in m.levels:
-                combos = [("none", "none")] if level == 0 else [(c, s) for c in m.criteria for s in m.schedules]
-                for criterion, schedule in combos:
+                rounds = m.round_to or (suite.prune.round_to,)
+                combos = [("none", "none", 0)] if level == 0 else \
+                    [(c, s, r) for c in m.criteria for s in m.schedules for r in rounds]
+                for criterion, schedule, round_to in combos:
                     prune = None if level == 0 else dataclasses.replace(
-                        suite.prune, schedule_options=suite.prune.schedule_options.get(schedule, {}))
+                        suite.prune, schedule_options=suite.prune.schedule_options.get(schedule, {}),
+                        round_to=round_to)
                     fine_tune = suite.fine_tune if level > 0 else None
                     shaping = {"model": model, "model_config": model_cfg, "criterion": criterion,
                                "schedule": schedule, "level": level, "seed": seed, "data": suite.data,
@@ -327,11 +337,13 @@ def expand(suite: Suite) -> list[Cell]:
                     group_id = _digest(ident)
                     for bs in m.batch_sizes:
                         for dtype in m.dtypes:
-                            for device in m.devices:
+                            for device, backend in itertools.product(m.devices, m.backends):
                                 where = {"batch_size": bs, "dtype": dtype, "device": device}
+                                on = {} if backend == "eager" else {"backend": backend}  # eager ids never moved
                                 cells.append(Cell(
-                                    cell_id=_digest({**ident, **where}), group_id=group_id, **shaping, **where,
-                                    suite=suite.name, data_root=suite.data_root, metrics=suite.metrics,
-                                    timeout_s=suite.run.timeout_s, fine_tune_processes=suite.run.fine_tune_processes,
+                                    cell_id=_digest({**ident, **where, **on}), group_id=group_id, **shaping,
+                                    **where, backend=backend, suite=suite.name, data_root=suite.data_root,
+                                    metrics=suite.metrics, timeout_s=suite.run.timeout_s,
+                                    fine_tune_processes=suite.run.fine_tune_processes,
                                     fine_tune_backend=suite.run.fine_tune_backend))
     return cells

@@ -19,11 +19,18 @@ def _noise(values: list[float]) -> float | None:
     return (max(values) - min(values)) / med if med else None
 
 
-def measure_cell(model: Any, cell: Cell, accuracy: dict[str, Any] | None) -> tuple[dict, dict]:
-    """(metrics, details) of one cell: latency percentiles and throughput, peak memory, accuracy, energy."""
+def measure_cell(model: Any, cell: Cell, accuracy: dict[str, Any] | None,
+                 prepared: Any = None) -> tuple[dict, dict]:
+    """(metrics, details) of one cell: latency percentiles and throughput, peak memory, accuracy, energy.
+
+    ``prepared`` (a :class:`pybench.bench.backends.Prepared`) runs the model through the cell's backend: its
+    preparation time and output error against eager float32 join the metrics. Peak memory is the allocator's view
+    of eager PyTorch, so a non-eager backend's cell leaves it out (and says so)."""
     from pybench import measure
 
     met = cell.metrics
+    eager = cell.backend == "eager"
+    wrap = None if eager else prepared
     collect = set(met.collect)
     x = example_input(cell, batch=1)
     bs, dev, dt = cell.batch_size, cell.device, cell.dtype
@@ -35,7 +42,7 @@ def measure_cell(model: Any, cell: Cell, accuracy: dict[str, Any] | None) -> tup
         for _ in range(met.repeats):
             r = measure.latency(model, x, device=dev, dtype=dt, warmup=met.warmup, iters=met.iters,
                                 min_time=met.min_time or None, batch_size=bs, channels_last=met.channels_last,
-                                energy=energy)
+                                energy=energy, wrap=wrap)
             if r.error:
                 raise RuntimeError(r.error)
             runs.append(r)
@@ -57,7 +64,16 @@ def measure_cell(model: Any, cell: Cell, accuracy: dict[str, Any] | None) -> tup
             if per_item:
                 metrics["energy_j_per_item"] = statistics.median(per_item)
             details["energy"] = [r.energy.to_dict() for r in runs if r.energy is not None]
-    if "memory" in collect:
+    if wrap is not None:
+        entry = next(iter(prepared.entries.values()), None)  # the cell's own model, prepared first
+        if entry is not None:
+            metrics.update(prepare_s=entry.prepare_s, backend_max_abs_error=entry.max_abs_error,
+                           backend_max_rel_error=entry.max_rel_error)
+        details["backend"] = prepared.describe()
+    if "memory" in collect and not eager:
+        details["memory_skipped"] = (f"peak memory is measured on eager PyTorch's allocator; backend "
+                                     f"{cell.backend!r} manages its own")
+    elif "memory" in collect:
         mems = []
         for _ in range(met.repeats):
             m = measure.memory(model, x, device=dev, dtype=dt, batch_size=bs, channels_last=met.channels_last)
@@ -74,7 +90,7 @@ def measure_cell(model: Any, cell: Cell, accuracy: dict[str, Any] | None) -> tup
     return metrics, details
 
 
-def measure_speedup(dense: Any, pruned: Any, cell: Cell) -> tuple[dict, dict]:
+def measure_speedup(dense: Any, pruned: Any, cell: Cell, prepared: Any = None) -> tuple[dict, dict]:
     """(metrics, details) of a pruned cell's paired timing against ``dense``, the dense model its group was pruned
     from (same input, batch size, dtype, device and threads): ``speedup`` with its 95 % interval, and whether the
     interval reached ``[metrics] target_ci`` within ``max_time_s``; the paired block times go in details."""
@@ -83,10 +99,13 @@ def measure_speedup(dense: Any, pruned: Any, cell: Cell) -> tuple[dict, dict]:
     met = cell.metrics
     r = measure.paired_latency(dense, pruned, example_input(cell, batch=1), device=cell.device, dtype=cell.dtype,
                                batch_size=cell.batch_size, target_ci=met.target_ci, max_time_s=met.max_time_s,
-                               channels_last=met.channels_last)
+                               channels_last=met.channels_last,
+                               wrap=None if cell.backend == "eager" else prepared)
     if r.error:
         raise RuntimeError(r.error)
     metrics = {"speedup": r.speedup, "speedup_ci_low": r.speedup_ci_low, "speedup_ci_high": r.speedup_ci_high,
                "speedup_target_met": r.target_met, "dense_latency_paired_p50_ms": r.dense_p50_ms,
                "latency_paired_p50_ms": r.pruned_p50_ms}
+    if prepared is not None and cell.backend != "eager" and len(prepared.entries) > 1:
+        metrics["dense_prepare_s"] = list(prepared.entries.values())[-1].prepare_s  # the dense model's, after
     return metrics, {"paired": r.to_dict()}

@@ -20,7 +20,7 @@ from pybench.bench import results
 
 __all__ = ["analyse", "markdown", "html", "write", "plots"]
 
-_JOIN = ["run", "model", "batch_size", "dtype", "device", "seed"]
+_JOIN = ["run", "model", "batch_size", "dtype", "device", "backend", "seed"]
 
 
 def analyse(df: Any) -> Any:
@@ -93,28 +93,42 @@ def _tables(df: Any, tablefmt: str) -> list[tuple[str, str]]:
     a = analyse(df)
     ok = df[df["status"] == "ok"]
     dense = ok[ok["level"] == 0]
+    # the backend is a column only where a run measured more than eager PyTorch
+    on = "backend" in ok.columns and bool((ok["backend"].fillna("eager") != "eager").any())
+    be: list[str] = ["backend"] if on else []
+    rounded = "round_to" in a.columns and bool((a["round_to"].fillna(1) != 1).any())
+    rt: list[str] = ["round_to"] if rounded else []
     if len(dense):
         rows = []
-        for _, r in dense.sort_values(["model", "device", "dtype", "batch_size"]).iterrows():
-            rows.append([r["model"], r["batch_size"], r["dtype"], r["device"], _fmt(r.get("latency_p50_ms"), "ms"),
+        for _, r in dense.sort_values(["model", "device", "dtype", "batch_size", *be]).iterrows():
+            rows.append([r["model"], r["batch_size"], r["dtype"], r["device"], *[r["backend"] for _ in be],
+                         _fmt(r.get("latency_p50_ms"), "ms"),
                          _fmt(r.get("latency_noise"), "pct"), _fmt(r.get("throughput"), "g"),
                          _fmt(r.get("peak_memory_bytes"), "mb"), _fmt(r.get("macs"), "m"), _fmt(r.get("params"), "int"),
                          _fmt(r.get("top1"), "acc")])
-        out.append(("Dense baselines", tabulate(rows, headers=["model", "batch", "dtype", "device", "p50 ms", "noise",
-                                                               "items/s", "peak MiB", "MMACs", "params", "top-1 %"],
+        out.append(("Dense baselines", tabulate(rows, headers=["model", "batch", "dtype", "device", *be, "p50 ms",
+                                                               "noise", "items/s", "peak MiB", "MMACs", "params",
+                                                               "top-1 %"],
                                                 tablefmt=tablefmt, disable_numparse=True)))
+    if on and len(a):
+        out.append(("Speedup per backend (paired, 95 % interval) against the MACs speedup",
+                    _backend_table(a, tablefmt)))
     for model in sorted(a["model"].unique()) if len(a) else []:
-        m = a[a["model"] == model].sort_values(["criterion", "schedule", "level", "device", "dtype", "batch_size"])
+        m = a[a["model"] == model].sort_values(["criterion", "schedule", "level", *rt, "device", "dtype",
+                                                 "batch_size", *be])
         rows = []
         for _, r in m.iterrows():
-            rows.append([r["criterion"], r["schedule"], _fmt(r["level"], "g"), r["batch_size"], r["dtype"],
-                         r["device"], _fmt(r.get("latency_p50_ms"), "ms"), speedup_cell(r),
+            rows.append([r["criterion"], r["schedule"], _fmt(r["level"], "g"), *[int(r["round_to"]) for _ in rt],
+                         r["batch_size"], r["dtype"],
+                         r["device"], *[r["backend"] for _ in be], _fmt(r.get("latency_p50_ms"), "ms"),
+                         speedup_cell(r),
                          _fmt(r.get("speedup_noise"), "pct"),
                          _fmt(r.get("theoretical_speedup"), "x"), _fmt(r.get("memory_saved"), "pct"),
                          _fmt(r.get("macs_removed"), "pct"), _fmt(r.get("params_removed"), "pct"),
                          _fmt(r.get("top1"), "acc"), _fmt(r.get("top1_change"), "pts")])
         out.append((f"{model}: pruned vs dense",
-                    tabulate(rows, headers=["criterion", "schedule", "level", "batch", "dtype", "device", "p50 ms",
+                    tabulate(rows, headers=["criterion", "schedule", "level", *rt, "batch", "dtype", "device", *be,
+                                            "p50 ms",
                                             "speedup", "noise", "MACs speedup", "memory saved", "MACs removed",
                                             "params removed", "top-1 %", "top-1 change (pts)"], tablefmt=tablefmt,
                              disable_numparse=True)))
@@ -133,6 +147,25 @@ def _tables(df: Any, tablefmt: str) -> list[tuple[str, str]]:
                          tablefmt=tablefmt, disable_numparse=True)
         out.append((f"Failed cells ({len(failed)})", table))
     return out
+
+
+def _backend_table(a: Any, tablefmt: str) -> str:
+    """One row per pruned configuration, one column per backend: its paired speedup (and the MACs speedup once)."""
+    from tabulate import tabulate
+
+    a = a.assign(round_to=a["round_to"].fillna(1) if "round_to" in a.columns else 1)
+    keys = ["model", "criterion", "schedule", "level", "round_to", "batch_size", "dtype", "device"]
+    backends = sorted(a["backend"].fillna("eager").unique(), key=lambda b: (b != "eager", b))
+    rows = []
+    for key, g in a.groupby(keys, sort=True):
+        by = {r["backend"]: r for _, r in g.iterrows()}
+        first = next(iter(by.values()))
+        what = f"{key[1]}/{key[2]}@{key[3]:g}" + (f" round_to {int(key[4])}" if key[4] != 1 else "")
+        rows.append([key[0], what, key[5], key[6], key[7],
+                     _fmt(first.get("theoretical_speedup"), "x"),
+                     *[speedup_cell(by[b]) if b in by else "" for b in backends]])
+    return tabulate(rows, headers=["model", "what", "batch", "dtype", "device", "MACs speedup", *backends],
+                    tablefmt=tablefmt, disable_numparse=True)
 
 
 def _pins_table(ok: Any, tablefmt: str) -> str | None:
@@ -255,8 +288,12 @@ def plots(df: Any) -> dict[str, bytes]:
 
     if {"speedup", "theoretical_speedup"} <= set(a.columns) and a["speedup"].notna().any():
         fig, ax = plt.subplots(figsize=(6, 4.5))
-        for (model, bs), g in a.groupby(["model", "batch_size"]):
-            dots = ax.scatter(g["theoretical_speedup"], g["speedup"], label=f"{model} bs={bs}", s=30)
+        multi = "backend" in a.columns and a["backend"].fillna("eager").nunique() > 1
+        markers = dict(zip(sorted(a["backend"].fillna("eager").unique()) if multi else [], "os^Dvx*P", strict=False))
+        for key, g in a.groupby(["model", "batch_size", *(["backend"] if multi else [])]):
+            label = f"{key[0]} bs={key[1]}" + (f" {key[2]}" if multi else "")
+            dots = ax.scatter(g["theoretical_speedup"], g["speedup"], label=label, s=30,
+                              marker=markers.get(key[2], "o") if multi else "o")
             if {"speedup_ci_low", "speedup_ci_high"} <= set(g.columns):  # the paired speedup's 95 % interval
                 ci = g[g["speedup_paired"] & g["speedup_ci_low"].notna()]
                 if len(ci):

@@ -27,7 +27,7 @@ __all__ = ["SCHEMA_VERSION", "RECORDS", "Store", "read_records", "repair", "load
 
 SCHEMA_VERSION = 1
 RECORDS = "records.jsonl"
-KEY_COLUMNS = ["model", "criterion", "schedule", "level", "batch_size", "dtype", "device", "seed"]
+KEY_COLUMNS = ["model", "criterion", "schedule", "level", "batch_size", "dtype", "device", "backend", "seed"]
 
 
 def clean_json(obj: Any) -> Any:
@@ -174,6 +174,8 @@ def _row(rec: dict[str, Any], folder: Path) -> dict[str, Any]:
     cfg = rec.get("config", {})
     env = rec.get("environment") or {}
     row: dict[str, Any] = {k: cfg.get(k) for k in KEY_COLUMNS}
+    row["backend"] = cfg.get("backend") or "eager"  # records from before the backends axis ran eager
+    row["round_to"] = (cfg.get("prune") or {}).get("round_to", 1) if cfg.get("prune") else None
     row.update(status=rec.get("status"), error=rec.get("error"), cell_id=rec.get("cell_id"),
                group_id=rec.get("group_id"), run_id=rec.get("run_id"), run=str(folder), suite=cfg.get("suite"),
                hostname=env.get("hostname"), cpu_model=env.get("cpu_model"),

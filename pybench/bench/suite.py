@@ -183,7 +183,7 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
     m = tables["matrix"]
     where = f"{path} [matrix]"
     for key, values in m.items():
-        if not values:
+        if not values and key != "round_to":  # round_to's empty default means [prune] round_to
             raise SuiteError(f"{where}: key {key!r} is empty; give at least one value")
     from pybench import zoo
 
@@ -206,6 +206,10 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
     _allowed(where, "schedules", m["schedules"], _known_schedules())
     _allowed(where, "dtypes", m["dtypes"], list(DTYPES))
     m["dtypes"] = list(dict.fromkeys(DTYPES[d] for d in m["dtypes"]))
+    if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in m["round_to"]):
+        raise SuiteError(f"{where}: key 'round_to' has {m['round_to']!r}; allowed values: integers >= 1 (each pruned "
+                         "layer keeps a multiple of it)")
+    m["round_to"] = list(dict.fromkeys(m["round_to"]))
     for key in ("batch_sizes", "seeds"):
         for v in m[key]:
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "batch_sizes" else 0):
@@ -215,6 +219,7 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
     if bad_dev:
         raise SuiteError(f"{where}: key 'devices' has {', '.join(repr(d) for d in bad_dev)}; allowed values: cpu, "
                          "cuda, cuda:N")
+    _check_backends(where, m["backends"], m["devices"], m["dtypes"], installed=require_data)
 
     met = tables["metrics"]
     where = f"{path} [metrics]"
@@ -357,6 +362,30 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
                  fine_tune=config.from_dict(config.FineTuneSettings, tables["fine_tune"]),
                  prune=config.from_dict(config.PruneSettings, pr), run=config.from_dict(config.RunSettings, run),
                  models=models, text=text)
+
+
+def _check_backends(where: str, specs: list[str], devices: list[str], dtypes: list[str], installed: bool) -> None:
+    """Every backend known, with a mode it has, able to run each device and dtype of the suite; with
+    ``installed`` (about to run here) its packages present too — else one error naming the backend, the reason
+    and the pip extra."""
+    from pybench.bench import backends as B
+
+    for spec in specs:
+        if not isinstance(spec, str):
+            raise SuiteError(f"{where}: key 'backends' has {spec!r}; allowed values: {', '.join(sorted(B.BACKENDS))}")
+        name, _ = B.parse(spec)
+        if name not in B.BACKENDS:
+            _allowed(where, "backends", [spec], sorted(B.BACKENDS), " (NAME or NAME:MODE)")
+        try:
+            backend = B.create(spec)
+        except ValueError as e:
+            raise SuiteError(f"{where}: key 'backends' has {spec!r}: {e}") from None
+        for device in devices:
+            for dtype in dtypes:
+                why = B.unavailable(spec, device, dtype) if installed else B.static_unavailable(backend, device, dtype)
+                if why:
+                    raise SuiteError(f"{where}: key 'backends' has {spec!r}: {why}; drop it, or the device / dtype, "
+                                     "from the suite")
 
 
 def load(path: str | os.PathLike, data_root: str | None = None, require_data: bool = True) -> Suite:

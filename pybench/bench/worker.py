@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from pybench.bench import protocol
+from pybench.bench import backends, protocol
 from pybench.bench.config import Cell
 from pybench.bench.dense import Context
 from pybench.bench.faults import inject_fault
@@ -32,10 +32,10 @@ def _accuracy(model: Any, ctx: Context, cell: Cell) -> dict[str, Any] | None:
     return a.to_dict()
 
 
-def _speedup(dense: Any, model: Any, cell: Cell) -> tuple[dict, dict]:
+def _speedup(dense: Any, model: Any, cell: Cell, prepared: Any = None) -> tuple[dict, dict]:
     """The paired speedup, or null with the reason: the cell's own latency is measured either way."""
     try:
-        return measure_speedup(dense, model, cell)
+        return measure_speedup(dense, model, cell, prepared)
     except Exception as e:
         return {"speedup": None}, {"speedup_error": f"paired timing against the dense model failed: {_error(e)}"}
 
@@ -94,10 +94,11 @@ def run_job(folder: str | os.PathLike, cells: list[Cell], send: Any) -> None:
             status, error, metrics, details = "ok", None, {}, {"accuracy": acc} if acc else {}
             try:
                 inject_fault(c.cell_id)
-                metrics, more = measure_cell(model, c, acc)
+                prepared = None if c.backend == "eager" else backends.Prepared(backends.create(c.backend), c.dtype)
+                metrics, more = measure_cell(model, c, acc, prepared)
                 details.update(more)
                 if c.prune is not None and "latency" in c.metrics.collect:
-                    paired, more = _speedup(dense, model, c)
+                    paired, more = _speedup(dense, model, c, prepared)
                     metrics.update(paired)
                     details.update(more)
             except Exception as e:

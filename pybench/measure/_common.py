@@ -288,6 +288,10 @@ def cpu_affinity(cpus: Sequence[int] | None) -> Iterator[list[int]]:
 Clock = Callable[[Callable[[], Any], int], float]
 
 
+# an inference backend's hook: (eval-mode model on its device and dtype, inputs there) -> what to call instead
+Wrap = Callable[[nn.Module, Any], Callable[..., Any]]
+
+
 def block_clock(device: torch.device) -> tuple[Clock, str]:
     """(fn(call, n) -> seconds that n calls of ``call`` took, the timer's name): CUDA events around the block,
     the device synchronised before it so no earlier work is counted, or perf_counter on the CPU."""

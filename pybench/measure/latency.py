@@ -102,7 +102,8 @@ def latency(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devi
             dtype: str | torch.dtype = torch.float32, warmup: int = 10, iters: int = 50,
             min_time: float | None = None, batch_size: int | None = None, channels_last: bool = False,
             compile: bool | str = False, cuda_graphs: bool = False, inference_mode: bool = True,
-            energy: bool = False, max_iters: int = 100_000, threads: int | None = None) -> LatencyResult:
+            energy: bool = False, max_iters: int = 100_000, threads: int | None = None,
+            wrap: C.Wrap | None = None) -> LatencyResult:
     """Time ``model(example_inputs)`` on ``device`` in ``dtype``.
 
     Args:
@@ -122,6 +123,8 @@ def latency(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devi
         max_iters: cap on timed calls when ``min_time`` is given.
         threads: torch's intra-op thread count for the measurement (restored afterwards); default: leave it.
             It matters on CPU: on a loaded 2-core machine a 2-thread forward can be 10x slower than a 1-thread one.
+        wrap: ``fn(prepared model, prepared inputs) -> callable`` timed instead of the model (an inference
+            backend: an ONNX Runtime session, a compiled engine); it runs after the eager call checked the inputs.
 
     Returns:
         LatencyResult; on out-of-memory its statistics are None and ``error`` says so (memory is released).
@@ -143,6 +146,8 @@ def latency(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devi
     if cuda_graphs and compile:
         raise ValueError("cuda_graphs=True with compile: use compile='reduce-overhead' (torch.compile's own CUDA "
                          "graphs) and cuda_graphs=False")
+    if wrap is not None and (compile or cuda_graphs):
+        raise ValueError("wrap with compile or cuda_graphs: the wrapper is the backend; give one of them")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads={threads!r}: expected an int >= 1, or None to keep torch.get_num_threads()")
     compile_mode = None if not compile else ("default" if compile is True else str(compile))
@@ -166,6 +171,8 @@ def latency(model: nn.Module, example_inputs: C.Inputs, device: str | torch.devi
             if compile_mode is not None:
                 m = torch.compile(m, mode=None if compile_mode == "default" else compile_mode)
             with C.grad_mode(inference_mode):
+                if wrap is not None:  # under the grad mode it will run in (a compiled graph guards on it)
+                    m = wrap(m, x)
                 for _ in range(warmup):
                     C.call(m, x)
                 C.synchronize(dev)

@@ -109,7 +109,8 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs
                    target_ci: float = 0.02, max_time_s: float = 30.0, min_pairs: int = _MIN_PAIRS,
                    max_pairs: int = 2000, block_s: float | None = None, max_warmup_s: float | None = None,
                    threads: int | None = None, cpu_affinity: list[int] | None = None, channels_last: bool = False,
-                   inference_mode: bool = True, clock: C.Clock | None = None) -> PairedResult:
+                   inference_mode: bool = True, clock: C.Clock | None = None,
+                   wrap: C.Wrap | None = None) -> PairedResult:
     """Time ``dense`` and ``pruned`` on the same input, alternately, until the speedup's 95 % interval is within
     ``target_ci`` (relative half-width) or ``max_time_s`` is spent.
 
@@ -125,6 +126,8 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs
         cpu_affinity: pin the process to these CPUs while timing (restored afterwards); default: as it is.
         clock: ``fn(call, n) -> seconds`` for n calls; the default is CUDA events or perf_counter. Tests pass a
             fake one.
+        wrap: as :func:`pybench.measure.latency`: each model is timed through ``wrap(model, inputs)`` (an
+            inference backend); preparing both is not part of ``max_time_s``.
 
     Returns:
         PairedResult; on out-of-memory its statistics are None and ``error`` says so (memory is released).
@@ -148,6 +151,7 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs
     x: Any = None
     models: list[Any] = []
     calls: list[Any] = []
+    fns: list[Any] = []
     d_s: list[float] = []
     p_s: list[float] = []
     t_start = time.perf_counter()
@@ -159,7 +163,9 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs
             models = [C.prepare_model(m, dev, dt, channels_last) for m in (dense, pruned)]
             for m, name in zip(models, ("dense", "pruned"), strict=True):
                 C.check_call(m, x, dev, dt, inference_mode, f"{name} {type(m).__name__}")
-            calls = [lambda m=m: C.call(m, x) for m in models]
+            fns = [m if wrap is None else wrap(m, x) for m in models]
+            calls = [lambda f=f: C.call(f, x) for f in fns]
+            t_start = time.perf_counter()  # the budget is for timing, not for a backend's compile / export
             before = telemetry(dev).to_dict() if dev.type == "cuda" else None
             with C.gc_paused():
                 _time_pairs(result, calls, block_clock, d_s, p_s, t_start, min_pairs, max_pairs, block_s,
@@ -171,7 +177,7 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs
             raise
         result.error = C.oom_message("paired latency", e, dev)
     if result.error is not None:
-        models, calls, x = [], [], None  # outside the except block: the traceback no longer holds the tensors
+        models, calls, fns, x = [], [], [], None  # outside the except block: the traceback no longer holds the tensors
         C.release_memory(dev)
         return result
     s, lo, hi = speedup_interval(d_s, p_s)

@@ -150,3 +150,27 @@ def test_a_failed_paired_timing_shows_no_speedup_and_says_why(tmp_path):
     md = report.markdown(df)
     assert "— (paired timing failed)" in md and "2.50x" not in md
     assert "Paired timing failed for 1 pruned cells" in md and "RuntimeError: boom" in md
+
+
+def test_roundings_and_backends_get_their_own_columns_and_rows(tmp_path):
+    st = R.Store(tmp_path / "run")
+    for backend in ("eager", "onnxruntime"):
+        d = rec(f"d-{backend}", 0, 1, 10.0, 1000, 100, 4096, 0.9)
+        d["config"]["backend"] = backend
+        st.append(d)
+        for rt, s in ((1, 2.0), (8, 2.5)):
+            p = rec(f"p{rt}-{backend}", 0.5, 1, 4.0, 250, 30, 1024, 0.85)
+            p["config"].update(backend=backend, prune={"round_to": rt})
+            p["metrics"].update(speedup=s + (backend != "eager"), speedup_ci_low=s - 0.1, speedup_ci_high=s + 1.1,
+                                speedup_target_met=True)
+            st.append(p)
+    df = R.load(tmp_path / "run")
+    assert sorted(df["round_to"].dropna().astype(int)) == [1, 1, 8, 8] and df["round_to"].isna().sum() == 2
+    md = report.markdown(df)
+    table = md.split("## Speedup per backend")[1].split("\n## ")[0]
+    header, _, *rows = [ln for ln in table.splitlines() if ln.startswith("|")]
+    assert [h.strip() for h in header.split("|")[-3:-1]] == ["eager", "onnxruntime"]  # eager first
+    assert len(rows) == 2 and "round_to 8" in rows[1] and "round_to" not in rows[0]
+    assert "2.00x [1.90, 3.10]" in rows[0] and "3.00x [1.90, 3.10]" in rows[0] and "3.50x [2.40, 3.60]" in rows[1]
+    assert "| round_to " in md.split("## m: pruned vs dense")[1]
+    assert report.analyse(df).groupby("backend").size().to_dict() == {"eager": 2, "onnxruntime": 2}

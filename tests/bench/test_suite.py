@@ -153,3 +153,20 @@ def test_fine_tune_processes_is_an_execution_resource_not_part_of_the_ids():
 def test_bad_fine_tune_processes_name_the_key(run, match):
     with pytest.raises(S.SuiteError, match=r"bad.toml \[run\]: .*" + match):
         S.loads(FT + "[run]\n" + run + "\n", "bad.toml")
+
+
+def test_a_round_to_axis_prunes_each_rounding_apart_and_keeps_the_ids_of_prune_round_to():
+    plain = S.expand(S.loads(TINY, "a.toml"))
+    axis = S.expand(S.loads(TINY.replace("seeds = [0]", "seeds = [0]\nround_to = [1, 8, 8]"), "b.toml"))
+    pruned = [c for c in axis if c.level > 0]
+    assert len(axis) == 2 + 2 * len([c for c in plain if c.level > 0])  # dense once; each pruned cell per rounding
+    assert sorted({c.prune.round_to for c in pruned}) == [1, 8] and all(c.prune is None for c in axis if c.level == 0)
+    ones = [c.cell_id for c in axis if c.level == 0 or c.prune.round_to == 1]
+    assert ones == [c.cell_id for c in plain]  # round_to 1 is [prune]'s default: the same cells as without the axis
+    assert len({c.group_id for c in pruned}) == 2 * len({c.group_id for c in plain if c.level > 0})
+    spelled = S.expand(S.loads(TINY + "[prune]\nround_to = 8\n", "c.toml"))
+    eights = [c.cell_id for c in axis if c.level > 0 and c.prune.round_to == 8]
+    assert eights == [c.cell_id for c in spelled if c.level > 0]  # the axis value is [prune] round_to, same id
+    for bad in ("[0]", "[2.5]", "[true]"):
+        with pytest.raises(S.SuiteError, match=r"\[matrix\]: key 'round_to' has .*allowed values: integers >= 1"):
+            S.loads(TINY.replace("seeds = [0]", f"seeds = [0]\nround_to = {bad}"), "d.toml")

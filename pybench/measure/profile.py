@@ -71,11 +71,12 @@ def profile(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs, devic
             dtype: str | torch.dtype = torch.float32, warmup: int = 3, iters: int = 10,
             out_dir: str | Path | None = None, batch_size: int | None = None, channels_last: bool = False,
             inference_mode: bool = True,
-            labels: tuple[str, str] = ("dense", "pruned")) -> ProfileResult:
+            labels: tuple[str, str] = ("dense", "pruned"), wrap: C.Wrap | None = None) -> ProfileResult:
     """Profile ``iters`` forwards of each model (after ``warmup``) and compare time per op type.
 
     Chrome traces go to ``out_dir/<label>.json`` (a new temporary folder when ``out_dir`` is None). Both models get
     the same inputs; bad device / dtype / inputs raise ValueError, an out-of-memory is returned as ``error``.
+    ``wrap`` profiles each model through an inference backend, as in :func:`pybench.measure.latency`.
     """
     dev = C.resolve_device(device)
     dt = C.resolve_dtype(dtype, dev)
@@ -96,6 +97,8 @@ def profile(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs, devic
                 m = C.prepare_model(model, dev, dt, channels_last)
                 C.check_call(m, x, dev, dt, inference_mode, f"{type(model).__name__} ({label})")
                 with C.grad_mode(inference_mode):
+                    if wrap is not None:
+                        m = wrap(m, x)
                     for _ in range(warmup):
                         C.call(m, x)
                 trace = folder / f"{label}.json"

@@ -140,6 +140,25 @@ def test_prune_and_profile(tmp_path, capsys):
     assert "pruned" in capsys.readouterr().out
 
 
+
+def test_profile_on_a_backend_writes_its_own_profile_and_refuses_what_cannot_run(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "ort"
+    assert cli.main(["profile", "xor_mlp", "--iters", "2", "--out", str(out), "--backend", "onnxruntime",
+                     "--backend-profile"]) == 0
+    text = capsys.readouterr().out
+    assert ", on onnxruntime" in text and "onnxruntime profile pruned: " in text
+    own = sorted(out.glob("onnxruntime-*.json"))
+    assert len(own) == 2 and all(json.loads(p.read_text()) for p in own)  # ONNX Runtime's event lists
+    assert {p.name for p in out.glob("*.json")} >= {"dense.json", "pruned.json"}
+    for argv, says in ((["--backend", "tensorrt"], "--backend tensorrt: backend 'tensorrt' runs on cuda only"),
+                       (["--backend", "inductor:zz"], "backend 'inductor' has no mode 'zz'"),
+                       (["--backend", "eager", "--backend-profile"], "backend 'eager' has no profiler of its own")):
+        assert cli.main(["profile", "xor_mlp", "--iters", "1", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err and "Traceback" not in err
+
+
 def _records_ok(store: R.Store) -> list[str]:
     recs = store.records()  # must always parse (a torn tail is skipped, never an exception)
     ids = [r["cell_id"] for r in recs]

@@ -25,6 +25,17 @@ class OnnxRuntime(Backend):
     distributions = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript")
     extra = "backends"
 
+    def __init__(self, mode: str = "") -> None:
+        super().__init__(mode)
+        self.profile_prefix: str | None = None  # set: each session writes ONNX Runtime's own profile (JSON)
+        self.sessions: list[Any] = []
+
+    def end_profiling(self) -> list[str]:
+        """Close the profiles of the sessions made since ``profile_prefix`` was set; their file paths."""
+        paths = [s.end_profiling() for s in self.sessions if self.profile_prefix]
+        self.sessions = []
+        return paths
+
     def unavailable_here(self, device: str) -> str | None:
         if device.startswith("cuda"):
             import onnxruntime as ort
@@ -41,10 +52,14 @@ class OnnxRuntime(Backend):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()  # as many as eager has ([metrics] threads)
         opts.inter_op_num_threads = 1
+        if self.profile_prefix:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = f"{self.profile_prefix}-{len(self.sessions)}"
         cuda = xs[0].is_cuda
         providers = [("CUDAExecutionProvider", {"device_id": xs[0].device.index or 0})] if cuda else \
             ["CPUExecutionProvider"]
         session = ort.InferenceSession(onnx_bytes(model, xs), opts, providers=providers)
+        self.sessions.append(session)
         names = [i.name for i in session.get_inputs()]
         if cuda:
             return _cuda_runner(session, names, xs)

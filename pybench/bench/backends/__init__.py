@@ -12,21 +12,19 @@ import importlib.metadata
 import importlib.util
 from typing import Any
 
-from pybench._registry import Registry
 from pybench.bench.backends.base import (
+    BACKENDS,
     Backend,
     BackendOutputError,
     BackendPrepareError,
     Prepared,
     output_error,
+    register,
     tolerance,
 )
 
 __all__ = ["BACKENDS", "Backend", "BackendOutputError", "BackendPrepareError", "Prepared", "create", "output_error",
            "parse", "register", "static_unavailable", "tolerance", "unavailable", "versions"]
-
-BACKENDS: Registry = Registry("backend")  # name -> Backend subclass
-register = BACKENDS.register
 
 
 def parse(spec: str) -> tuple[str, str]:

@@ -11,7 +11,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-__all__ = ["Backend", "BackendOutputError", "BackendPrepareError", "Prepared", "output_error", "summary", "tolerance"]
+from pybench._registry import Registry
+
+__all__ = ["BACKENDS", "Backend", "BackendOutputError", "BackendPrepareError", "Prepared", "output_error", "register",
+           "summary", "tolerance"]
+
+
+BACKENDS: Registry = Registry("backend")  # name -> Backend subclass; each adapter file files its own
+register = BACKENDS.register
 
 
 class BackendOutputError(RuntimeError):

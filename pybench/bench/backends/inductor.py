@@ -6,8 +6,7 @@ from typing import Any
 
 import torch
 
-from pybench.bench.backends import register
-from pybench.bench.backends.base import Backend
+from pybench.bench.backends.base import Backend, register
 
 
 @register("inductor")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pybench.bench.backends import register
-from pybench.bench.backends.base import Backend
+from pybench.bench.backends.base import Backend, register
 
 
 @register("tensorrt")

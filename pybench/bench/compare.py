@@ -49,10 +49,7 @@ def _num(v: Any) -> float | None:
 
 
 def _what(r: Any) -> str:
-    what = "dense" if r["level"] == 0 else f"{r['criterion']}/{r['schedule']}@{r['level']:g}"
-    rounding = r.get("round_to")
-    if r["level"] != 0 and rounding is not None and rounding == rounding and rounding != 1:
-        what += f" round_to {int(rounding)}"
+    what = results.what(r)
     backend = r.get("backend") or "eager"
     return what if backend == "eager" else f"{what} on {backend}"
 

@@ -160,8 +160,7 @@ def _backend_table(a: Any, tablefmt: str) -> str:
     for key, g in a.groupby(keys, sort=True):
         by = {r["backend"]: r for _, r in g.iterrows()}
         first = next(iter(by.values()))
-        what = f"{key[1]}/{key[2]}@{key[3]:g}" + (f" round_to {int(key[4])}" if key[4] != 1 else "")
-        rows.append([key[0], what, key[5], key[6], key[7],
+        rows.append([key[0], results.what(first), key[5], key[6], key[7],
                      _fmt(first.get("theoretical_speedup"), "x"),
                      *[speedup_cell(by[b]) if b in by else "" for b in backends]])
     return tabulate(rows, headers=["model", "what", "batch", "dtype", "device", "MACs speedup", *backends],

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["SCHEMA_VERSION", "RECORDS", "Store", "read_records", "repair", "load", "to_parquet", "run_folders",
-           "KEY_COLUMNS", "clean_json"]
+           "KEY_COLUMNS", "clean_json", "what"]
 
 SCHEMA_VERSION = 1
 RECORDS = "records.jsonl"
@@ -168,6 +168,17 @@ def run_folders(paths: Iterable[str | os.PathLike] | str | os.PathLike) -> list[
         else:
             raise FileNotFoundError(f"results: {str(p)!r} does not exist; give a run folder written by `pybench run`")
     return list(dict.fromkeys(out))
+
+
+def what(row: Any) -> str:
+    """A row's pruning in words: ``dense``, or ``l1/one_shot@0.5`` and `` round_to 8`` when it rounds."""
+    if row["level"] == 0:
+        return "dense"
+    text = f"{row['criterion']}/{row['schedule']}@{row['level']:g}"
+    rounding = row.get("round_to")
+    if rounding is not None and rounding == rounding and rounding != 1:  # (NaN: a record without prune settings)
+        text += f" round_to {int(rounding)}"
+    return text
 
 
 def _row(rec: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -49,15 +49,13 @@ def _conditions(cell: Cell) -> None:
     threads / cpu_affinity: set before the environment is captured, so records say what the worker ran with."""
     import torch
 
+    from pybench import measure
+
     met = cell.metrics
     if met.threads:
         torch.set_num_threads(met.threads)
-    if met.cpu_affinity:
-        allowed = sorted(os.sched_getaffinity(0))
-        if not set(met.cpu_affinity) <= set(allowed):
-            raise ValueError(f"[metrics] cpu_affinity = {list(met.cpu_affinity)}: this worker may only run on CPUs "
-                             f"{allowed}; pick CPUs from that list or drop the key")
-        os.sched_setaffinity(0, set(met.cpu_affinity))
+    if met.cpu_affinity:  # for the worker's life: nothing to restore
+        measure.pin_cpus(met.cpu_affinity, "[metrics] cpu_affinity")
 
 
 def run_job(folder: str | os.PathLike, cells: list[Cell], send: Any) -> None:

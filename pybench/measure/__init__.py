@@ -7,7 +7,7 @@ arguments that cannot work (a device that is not there, a dtype the device canno
 model) raise ValueError naming the argument.
 """
 
-from pybench.measure._common import MeasureInputError
+from pybench.measure._common import MeasureInputError, pin_cpus
 from pybench.measure.accuracy import AccuracyResult, accuracy
 from pybench.measure.environment import Environment, environment
 from pybench.measure.flops import FlopReport, flops
@@ -20,5 +20,5 @@ from pybench.measure.telemetry import EnergyMeter, EnergyResult, GpuTelemetry, t
 __all__ = [
     "AccuracyResult", "EnergyMeter", "EnergyResult", "Environment", "FlopReport", "GpuTelemetry", "LatencyResult",
     "MeasureInputError", "MemoryResult", "PairedResult", "ProfileResult", "accuracy", "environment", "flops",
-    "latency", "memory", "paired_latency", "profile", "telemetry",
+    "latency", "memory", "paired_latency", "pin_cpus", "profile", "telemetry",
 ]

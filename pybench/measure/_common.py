@@ -263,26 +263,31 @@ def num_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
+def pin_cpus(cpus: Sequence[int], what: str = "cpu_affinity") -> set[int]:
+    """Pin this process to ``cpus``; returns the CPUs it could run on before. ValueError (naming ``what`` and the
+    CPUs allowed) when the OS cannot pin or a CPU is not this process's to use."""
+    if not hasattr(os, "sched_getaffinity"):
+        raise ValueError(f"{what}={list(cpus)}: this OS cannot pin a process; drop the option")
+    saved = os.sched_getaffinity(0)
+    if not set(cpus) <= saved:
+        raise ValueError(f"{what}={list(cpus)}: this process may only run on CPUs {sorted(saved)}; pick CPUs from "
+                         "that list or drop the option")
+    os.sched_setaffinity(0, set(cpus))
+    return saved
+
+
 @contextlib.contextmanager
 def cpu_affinity(cpus: Sequence[int] | None) -> Iterator[list[int]]:
     """Pin this process to ``cpus`` for the block (None: leave it), restoring the old set afterwards; yields the
     CPUs the process may run on (empty where the OS cannot say)."""
-    if not hasattr(os, "sched_getaffinity"):
-        if cpus:
-            raise ValueError(f"cpu_affinity={list(cpus)}: this OS cannot pin a process; drop the option")
-        yield []
+    if not cpus:
+        yield sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         return
-    saved = os.sched_getaffinity(0)
-    if cpus:
-        allowed = sorted(saved)
-        if not set(cpus) <= saved:
-            raise ValueError(f"cpu_affinity={list(cpus)}: this process may only run on CPUs {allowed}")
-        os.sched_setaffinity(0, set(cpus))
+    saved = pin_cpus(cpus)
     try:
         yield sorted(os.sched_getaffinity(0))
     finally:
-        if cpus:
-            os.sched_setaffinity(0, saved)
+        os.sched_setaffinity(0, saved)
 
 
 Clock = Callable[[Callable[[], Any], int], float]

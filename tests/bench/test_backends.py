@@ -188,3 +188,13 @@ def test_a_backend_that_compiles_on_its_first_call_does_not_spend_the_timing_bud
     p = pb.measure.paired_latency(dense, pruned, x, max_time_s=0.5, min_pairs=4, wrap=lazy)
     assert len(first) == 2 and p.error is None and p.pairs >= 4 and p.elapsed_s < 1.0
     assert max(p.dense_ms + p.pruned_ms) < 500  # no block timed the compile
+
+
+def test_models_of_the_same_shapes_but_other_weights_are_prepared_apart():
+    a, x = _net(), torch.randn(1, 3, 12, 12)
+    b = _net()
+    with torch.no_grad():
+        b[0].weight.mul_(2)  # the shapes of a, other weights: a fine-tuned model whose pins kept every channel
+    prep = B.Prepared(B.create("eager"), "float32")
+    fa, fb = prep(a, x), prep(b, x)
+    assert len(prep.entries) == 2 and fa is a and fb is b and prep(a, x) is a

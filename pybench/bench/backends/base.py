@@ -100,9 +100,13 @@ class Entry:
 
 
 def _key(model: nn.Module, inputs: Any) -> tuple:
+    """What tells two models apart: each tensor's name, shape, dtype and sum (a pruned model whose pins kept every
+    channel has the dense model's shapes, yet after fine-tuning not its weights), and the input shapes."""
     xs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
-    return (tuple((n, tuple(t.shape), t.dtype) for n, t in model.state_dict().items()),
-            tuple(tuple(x.shape) for x in xs if isinstance(x, torch.Tensor)))
+    with torch.no_grad():
+        tensors = tuple((n, tuple(t.shape), t.dtype, float(t.double().sum()) if t.is_floating_point() else None)
+                        for n, t in model.state_dict().items())
+    return tensors, tuple(tuple(x.shape) for x in xs if isinstance(x, torch.Tensor))
 
 
 class Prepared:
@@ -135,8 +139,10 @@ class Prepared:
 
     def _prepare(self, model: nn.Module, inputs: Any) -> Entry:
         xs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+        fp32 = all(t.dtype == torch.float32 for t in model.state_dict().values() if t.is_floating_point())
         with torch.no_grad():  # the reference: this model in eager float32 on the same input
-            ref = copy.deepcopy(model).float()(*[x.float() if x.is_floating_point() else x for x in xs])
+            ref = (model if fp32 else copy.deepcopy(model).float())(
+                *[x.float() if x.is_floating_point() else x for x in xs])
         t0 = time.perf_counter()
         try:
             fn = self.backend.prepare(model, inputs)

@@ -8,7 +8,6 @@ archive reader's first sentence.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from typing import Any
 
@@ -30,7 +29,10 @@ def load_data(path: str | os.PathLike, what: str, hint: str = "", map_location: 
         raise IsADirectoryError(f"{os.fspath(path)!r} is a folder; give {what}{hint}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError) as e:
+    except OSError:  # the file is missing or unreadable: the caller's error, as it is
+        raise
+    except Exception as e:  # weights_only never runs code, but on arbitrary bytes its unpickler can fail any way
+        # (IndexError from an opcode without its mark, TypeError, struct.error...): each is "not a file of ours"
         text = str(e).strip()
         named = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if named:

@@ -346,9 +346,10 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int) -> None:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over the pass
     model.train()
+    device = _resolve_device(model, None)  # the batches go where the model is
     try:
         for _, (x, _y) in zip(range(batches), loader, strict=False):
-            model(x)
+            model(x.to(device, non_blocking=True))
     finally:
         for m, mom in saved:
             m.momentum = mom

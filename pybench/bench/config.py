@@ -92,6 +92,9 @@ class TrainSettings:
     scheduler: str = ""
     max_batches: int = 0
     bn_recalibrate_batches: int = 0
+    # where it runs ("cpu", "cuda", "cuda:N"); empty: the cell's own device (CUDA cells train on their GPU). In
+    # [fine_tune], empty means [train]'s choice.
+    device: str = ""
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,17 @@ class Cell:
 
     def __hash__(self) -> int:
         return hash((self.cell_id, self.group_id))
+
+    @property
+    def work_device(self) -> str:
+        """Where the dense model is trained, data-driven criteria score and accuracy is evaluated: ``[train]
+        device`` when set, else the cell's own device."""
+        return self.train.device or self.device
+
+    @property
+    def fine_tune_device(self) -> str:
+        """Where the pruned model is fine-tuned: ``[fine_tune] device`` when set, else :attr:`work_device`."""
+        return (self.fine_tune.device if self.fine_tune else "") or self.work_device
 
     @property
     def config(self) -> dict[str, Any]:

@@ -117,16 +117,27 @@ def plan_run(suite: Suite, out: str | os.PathLike | None = None, filters: list[s
 
 
 def _check_devices(cells: Iterable[Cell]) -> None:
+    """Every device the cells run on -- measured on, or trained / fine-tuned on per [train] / [fine_tune] device
+    -- is visible here; refused before anything runs."""
     import torch
 
-    for dev in sorted({c.device for c in cells}):
+    cells = list(cells)
+    used = {(c.device, "device"): None for c in cells}
+    for c in cells:
+        for table, t in (("train", c.train), ("fine_tune", c.fine_tune)):
+            if t is not None and t.device:
+                used[(t.device, f"[{table}] device")] = None
+    for dev, what in sorted(used):
+        if what != "device" and dev == "cpu":
+            continue
+        fix = "--filter device=cpu" if what == "device" else f"{what} = \"cpu\" (or leave it out)"
         if dev.startswith("cuda"):
             idx = int(dev.split(":")[1]) if ":" in dev else 0
             if not torch.cuda.is_available() or idx >= torch.cuda.device_count():
-                raise SuiteError(f"device {dev!r} is in the suite but no such CUDA GPU is visible here; run it on a "
-                                 "GPU machine or select other cells with --filter device=cpu")
+                raise SuiteError(f"{what} {dev!r} is in the suite but no such CUDA GPU is visible here; run it on a "
+                                 f"GPU machine or {'select other cells with ' if what == 'device' else 'set '}{fix}")
         elif dev == "mps" and not torch.backends.mps.is_available():
-            raise SuiteError("device 'mps' is in the suite but not available here; use --filter device=cpu")
+            raise SuiteError(f"{what} 'mps' is in the suite but not available here; use {fix}")
 
 
 def _check_fine_tune(cells: Iterable[Cell]) -> None:

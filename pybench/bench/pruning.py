@@ -13,7 +13,7 @@ import warnings
 from typing import Any
 
 from pybench.bench.config import Cell, FineTuneSettings, PruneSettings
-from pybench.bench.dense import Context, example_input
+from pybench.bench.dense import Context, example_input, to_device
 from pybench.bench.protocol import atomic_write
 
 
@@ -43,11 +43,12 @@ def fine_tune_kw(ft: FineTuneSettings | None, processes: int = 1, backend: str =
 def prune_with(dense: Any, x: Any, *, criterion: str, schedule: str, level: float, settings: PruneSettings,
                data: Any = None, loaders: Any = None, fine_tune: FineTuneSettings | None = None,
                fine_tune_processes: int = 1, fine_tune_backend: str = "",
-               criterion_kw: dict[str, Any] | None = None) -> Any:
+               criterion_kw: dict[str, Any] | None = None, fine_tune_device: str | None = None) -> Any:
     """Prune ``dense`` by the named schedule of :data:`pybench.prune.schedules.SCHEDULES` at ``level`` (its
     ``ratio``; for layerwise_alpha, which has none, ``macs_target = 1 - level``); returns the pruned model. The
     schedules but one_shot fine-tune between their steps with ``fine_tune``, data-parallel over
-    ``fine_tune_processes`` processes when more than one; a one_shot model is fine-tuned by :func:`fine_tune_once`."""
+    ``fine_tune_processes`` processes when more than one (on ``fine_tune_device``, default where the model is;
+    "nccl" picks a GPU per process); a one_shot model is fine-tuned by :func:`fine_tune_once`."""
     from pybench.prune.schedules import SCHEDULES
 
     fn = SCHEDULES[schedule]
@@ -55,6 +56,8 @@ def prune_with(dense: Any, x: Any, *, criterion: str, schedule: str, level: floa
     # one_shot is fine-tuned by the caller (timed apart, then BN-recalibrated); the others fine-tune between steps
     epochs = fine_tune.epochs if fine_tune and schedule != "one_shot" else 0
     tune_kw = fine_tune_kw(fine_tune, fine_tune_processes, fine_tune_backend)
+    if tune_kw and fine_tune_device and tune_kw.get("backend") != "nccl":
+        tune_kw["device"] = fine_tune_device
     given: dict[str, Any] = {
         "criterion": criterion, "data": data, "progress": False,
         # one_shot's fine-tune is the caller's and its history is not kept (the cell measures accuracy itself)
@@ -69,27 +72,31 @@ def prune_with(dense: Any, x: Any, *, criterion: str, schedule: str, level: floa
 
 
 def prune_model(dense: Any, cell: Cell, loaders: Any) -> Any:
-    """Prune ``dense`` per the cell (criterion, schedule, level, [prune], [fine_tune]); returns the pruned model."""
+    """Prune ``dense`` per the cell (criterion, schedule, level, [prune], [fine_tune]) on the cell's
+    :attr:`~pybench.bench.config.Cell.work_device` (data-driven criteria score there; the schedules fine-tune on
+    its ``fine_tune_device``); returns the pruned model, on that device."""
     p = cell.prune
     data = None
     if loaders is not None and p.calibration_batches > 0:
         data = [b for _, b in zip(range(p.calibration_batches), loaders.train, strict=False)]
-    return prune_with(dense, example_input(cell), criterion=cell.criterion, schedule=cell.schedule, level=cell.level,
-                      settings=p, data=data, loaders=loaders, fine_tune=cell.fine_tune,
-                      fine_tune_processes=cell.fine_tune_processes, fine_tune_backend=cell.fine_tune_backend,
-                      criterion_kw=_criterion_options(cell))
+    dev = cell.work_device
+    return prune_with(to_device(dense, dev), example_input(cell).to(dev), criterion=cell.criterion,
+                      schedule=cell.schedule, level=cell.level, settings=p, data=data, loaders=loaders,
+                      fine_tune=cell.fine_tune, fine_tune_processes=cell.fine_tune_processes,
+                      fine_tune_backend=cell.fine_tune_backend, criterion_kw=_criterion_options(cell),
+                      fine_tune_device=cell.fine_tune_device)
 
 
 def fine_tune_once(model: Any, cell: Cell, loaders: Any) -> None:
-    """One_shot's fine-tune after pruning, in place: seeded, on the CPU (one GPU per process with "nccl"), then
-    the BatchNorm statistics re-estimated."""
+    """One_shot's fine-tune after pruning, in place: seeded, on the cell's ``fine_tune_device`` (one GPU per
+    process with "nccl"), then the BatchNorm statistics re-estimated."""
     from pybench import train
     from pybench.prune.schedules import tune
 
     ft = cell.fine_tune
     kw = {**fine_tune_kw(ft, cell.fine_tune_processes, cell.fine_tune_backend), "seed": cell.seed}
     if kw.get("backend") != "nccl":
-        kw["device"] = "cpu"
+        kw["device"] = cell.fine_tune_device
     tune(model, loaders.train, ft.epochs, kw)
     train.recalibrate_bn(model, loaders.train, ft.bn_recalibrate_batches)
 
@@ -120,7 +127,8 @@ def pruned(ctx: Context, cell: Cell) -> tuple[Any, Any, dict[str, Any]]:
 
     dense, dinfo = ctx.dense(cell)
     info: dict[str, Any] = {"dense_params": dinfo["params"], "dense_macs": dinfo["macs"],
-                            "dense_trained": dinfo["trained"]}
+                            "dense_trained": dinfo["trained"],
+                            **({"dense_train_device": dinfo["train_device"]} if "train_device" in dinfo else {})}
     if cell.level == 0:
         model = dense
     else:
@@ -144,6 +152,10 @@ def pruned(ctx: Context, cell: Cell) -> tuple[Any, Any, dict[str, Any]]:
                 t0 = time.perf_counter()
                 fine_tune_once(model, cell, loaders)
                 info["fine_tune_s"] = time.perf_counter() - t0
+            model.cpu()  # kept and cached on the CPU, like the dense model; measurements move their own copy
+            info["prune_device"] = cell.work_device
+            if tunes:
+                info["fine_tune_device"] = cell.fine_tune_device
             how: dict[str, Any] = {}
             if tunes:
                 procs = cell.fine_tune_processes

@@ -275,6 +275,9 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
         if not (t["lr"] > 0 and math.isfinite(t["lr"])) or t["momentum"] > 1:
             raise SuiteError(f"{path} [{table}]: key 'lr' must be a finite number > 0 and 'momentum' at most 1, got "
                              f"lr = {t['lr']}, momentum = {t['momentum']}")
+        if t["device"] and not _device_ok(t["device"]):
+            raise SuiteError(f"{path} [{table}]: key 'device' has {t['device']!r}; allowed values: cpu, cuda, cuda:N "
+                             "(or leave it out: the cell's own device)")
         _allowed(f"{path} [{table}]", "optimizer", [t["optimizer"]], ("sgd", "adam", "adamw"))
         _allowed(f"{path} [{table}]", "scheduler", [t["scheduler"]], ("", "cosine", "step", "multistep"))
 

@@ -25,7 +25,7 @@ def _accuracy(model: Any, ctx: Context, cell: Cell) -> dict[str, Any] | None:
 
     if "accuracy" not in cell.metrics.collect:
         return None
-    a = measure.accuracy(model, ctx.loaders(cell).test, device="cpu",
+    a = measure.accuracy(model, ctx.loaders(cell).test, device=cell.work_device,
                          max_batches=cell.metrics.accuracy_max_batches or None)
     if a.error:
         raise RuntimeError(a.error)

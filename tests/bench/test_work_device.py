@@ -105,3 +105,16 @@ def test_records_say_where_each_step_ran(tmp_path):
         assert (a["dense_train_device"], a["prune_device"], a["fine_tune_device"]) == ("cpu", "cpu", "cpu")
         assert r["config"]["train"]["device"] == "cpu"
         assert 0.0 <= r["metrics"]["top1"] <= 1.0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_cells_train_prune_and_evaluate_on_the_gpu(tmp_path):
+    s = S.loads(SUITE.format(train="", fine_tune="").replace('levels = [0, 0.5]',
+                                                             'levels = [0, 0.5]\ndevices = ["cuda"]'), "wd.toml")
+    summary = runner.run(s, tmp_path, progress=False, log=lambda s: None)
+    assert (summary.ok, summary.failed) == (3, 0)
+    for r in R.Store(tmp_path).records():
+        if r["config"]["level"] > 0:
+            a = r["achieved"]
+            assert (a["dense_train_device"], a["prune_device"], a["fine_tune_device"]) == ("cuda", "cuda", "cuda")

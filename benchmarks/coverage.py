@@ -50,6 +50,7 @@ TIMM_MODELS = [
     "mobilenetv1_100", "starnet_s1", "inception_next_atto", "fastvit_t8", "efficientformer_l1", "levit_128",
     "tresnet_m"]
 TIMM = "timm:"
+PAIRED = "paired"  # the --tools entry that times both tools alternately in one process
 # torchvision's other tasks: segmentation (dict outputs), video (Conv3d, 5-D input), detection (pruned within
 # "backbone"; the detector's own transform resizes to min_size, kept small here for CPU time)
 TASK_MODELS = ["fcn_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large", "r3d_18", "mc3_18",
@@ -231,6 +232,44 @@ def worker(name: str, tool: str, size: int, ratio: float, min_macs_removed: floa
             "seconds": round(min(times), 3), "seconds_first": round(times[0], 3)}
 
 
+def paired_speed(name: str, size: int, ratio: float, repeats: int = 10) -> dict:
+    """Both tools timed alternately in one process (ABBA order, a fresh copy each time): the median of the pairs'
+    peer / pybench ratios with a 95 % bootstrap interval. A machine's load then slows both sides of each pair
+    alike, where the fastest-of-N of two separate processes can each catch a different moment of it."""
+    import copy
+    import warnings
+
+    import numpy as np
+    import torch
+
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    x = _input(name, size)
+    model = _calibrate(_model(name, size), x)
+
+    def once(tool: str) -> float:
+        fresh = copy.deepcopy(model)
+        t = time.perf_counter()
+        if tool == "pybench":
+            _prune_pybench(fresh, x, name, ratio)
+        else:
+            _prune_peer(fresh, x, ratio)
+        return time.perf_counter() - t
+
+    once("pybench"), once("torch_pruning")  # warm both: imports and first-call caches
+    ours, peer = [], []
+    for k in range(max(2, repeats)):
+        order = ("pybench", "torch_pruning") if k % 2 == 0 else ("torch_pruning", "pybench")
+        got = {tool: once(tool) for tool in order}
+        ours.append(got["pybench"])
+        peer.append(got["torch_pruning"])
+    ratios = np.array(peer) / np.array(ours)
+    resampled = np.random.default_rng(0).choice(ratios, (2000, len(ratios)))  # percentile bootstrap of the median
+    lo, hi = np.percentile(np.median(resampled, axis=1), [2.5, 97.5])
+    return {"pairs": len(ratios), "ratio": round(float(np.median(ratios)), 2), "ratio_ci": [round(float(lo), 2),
+            round(float(hi), 2)], "seconds_pybench": round(min(ours), 4), "seconds_peer": round(min(peer), 4)}
+
+
 def run_one(name: str, tool: str, size: int, ratio: float, timeout: float, min_macs_removed: float = 0.2,
             repeats: int = 3) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, tool, "--size", str(size), "--ratio", str(ratio),
@@ -259,14 +298,18 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", help="default: the --zoo list (timm models as timm:NAME)")
     ap.add_argument("--min-macs-removed", type=float, default=0.2,
                     help="a pruned model must have lost at least this fraction of its MACs (default 0.2)")
-    ap.add_argument("--tools", nargs="*", default=["pybench", "torch_pruning"])
+    ap.add_argument("--tools", nargs="*", default=["pybench", "torch_pruning"],
+                    help=f"pybench, torch_pruning, and {PAIRED!r}: both timed alternately in one process "
+                    "(--repeats pairs), the speed ratio with its interval")
     ap.add_argument("--json", help="also write every result to this JSON Lines file")
     ap.add_argument("--from-json", nargs="+", metavar="FILE",
                     help="print the table of earlier --json files (e.g. of runs split by --models) instead of running")
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.size, args.ratio, args.min_macs_removed,
-                                args.repeats)))
+        name, tool = args.worker
+        out = paired_speed(name, args.size, args.ratio, args.repeats) if tool == PAIRED else \
+            worker(name, tool, args.size, args.ratio, args.min_macs_removed, args.repeats)
+        print(json.dumps(out))
         return
     if args.from_json:
         rows = [json.loads(ln) for f in args.from_json for ln in Path(f).read_text().splitlines() if ln.strip()]
@@ -295,6 +338,8 @@ def report(rows: Iterable[dict]) -> None:
     from tabulate import tabulate
 
     df = pd.DataFrame(list(rows))
+    paired = df[df["tool"] == PAIRED].set_index("model") if "tool" in df else df.iloc[:0]
+    df = df[df["tool"] != PAIRED]
     df["family"] = df["model"].map(family)
     table = (df.assign(ok=df["ok"].astype(int), n=1).groupby(["family", "tool"])[["ok", "n"]].sum()
              .apply(lambda r: f"{r['ok']}/{r['n']}", axis=1).unstack("tool"))
@@ -307,13 +352,20 @@ def report(rows: Iterable[dict]) -> None:
         seconds = ok.pivot_table(index="model", columns="tool", values="seconds").reindex(removed.index)
         if len(removed):
             tools = list(removed.columns)
+            def pair(m: str) -> str:
+                if m not in paired.index or not paired.loc[m, "ok"]:
+                    return ""
+                lo, hi = paired.loc[m, "ratio_ci"]
+                return f"{paired.loc[m, 'ratio']:.1f}x [{lo:.1f}, {hi:.1f}]"
+
             rows = [[m, *(f"{removed.loc[m, t]:.1%}" for t in tools), *(f"{seconds.loc[m, t]:.3f}" for t in tools),
-                     f"{seconds.loc[m, tools[1]] / seconds.loc[m, tools[0]]:.1f}x" if len(tools) == 2 else ""]
-                    for m in removed.index]
+                     f"{seconds.loc[m, tools[1]] / seconds.loc[m, tools[0]]:.1f}x" if len(tools) == 2 else "",
+                     pair(m)] for m in removed.index]
             print("\nWhere both pass: parameters removed, seconds of trace + score + plan + apply (the peer: graph "
-                  "build + step), and the peer's time over pybench's:")
+                  "build + step), and the peer's time over pybench's (fastest of each process's repeats, and paired: "
+                  "the median of alternate timings in one process with its 95 % interval):")
             print(tabulate(rows, headers=["model", *(f"removed {t}" for t in tools), *(f"s {t}" for t in tools),
-                                          "speed ratio"], tablefmt="github"))
+                                          "speed ratio", "paired speed ratio"], tablefmt="github"))
     errors = df[~df["ok"]]
     if len(errors):
         print("\nErrors:")

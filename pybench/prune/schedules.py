@@ -396,8 +396,8 @@ def layerwise_alpha(model: nn.Module, example_inputs: Any, train_loader: Any, va
 # gradual_global (Wang et al.)
 # ---------------------------------------------------------------------------------------------------------------
 @SCHEDULES.register()
-def gradual_global(model: nn.Module, example_inputs: Any, train_loader: Any, val_loader: Any, target: float, *,
-                   rate: float = 0.1, criterion: str = "aaws", normalize_by: str = "mean", data: Any = None,
+def gradual_global(model: nn.Module, example_inputs: Any, train_loader: Any, val_loader: Any,
+                   target: float | None = None, *, target_drop: float | None = None, rate: float = 0.1, criterion: str = "aaws", normalize_by: str = "mean", data: Any = None,
                    fine_tune_epochs: int = 1, fine_tune_kw: Mapping[str, Any] | None = None,
                    criterion_kw: Mapping[str, Any] | None = None, max_steps: int = 50, round_to: int = 1,
                    min_channels: int = 1, ignore: Iterable[str] = (),
@@ -405,15 +405,23 @@ def gradual_global(model: nn.Module, example_inputs: Any, train_loader: Any, val
     """Wang et al.'s gradually global pruning: while the validation accuracy P_m >= ``target`` (P_t, a fraction):
     score all filters, normalise per layer (``normalize_by``), remove ``rate`` of all remaining filters in one
     global ranking, fine-tune, re-evaluate. Returns the last model whose accuracy was at or above the target
-    (the dense model when the first step already falls below it).
+    (the dense model when the first step already falls below it). ``target_drop`` instead of ``target`` sets
+    P_t relative to the dense model: its validation accuracy less ``target_drop`` (0.02: two points below dense,
+    which is how a target transfers to another dataset or training run); give exactly one of the two. The target
+    used is in the history's step 0 (``target``).
 
     History: step 0 dense, then every step with ``accepted`` (accuracy >= target) and ``channels`` (prunable
     channels left). Stops after the first rejected step, when nothing can be removed, or after ``max_steps``.
     ``fine_tune_kw`` with ``nprocs`` / ``backend`` fine-tunes each step data-parallel (see the module docstring).
     """
     _check_model(model)
-    if not isinstance(target, (int, float)) or not 0 <= target <= 1:
-        raise ValueError(f"gradual_global: target must be an accuracy fraction in [0, 1], got {target!r}")
+    if (target is None) == (target_drop is None):
+        raise ValueError("gradual_global: give exactly one of target (an accuracy fraction, e.g. 0.9) and "
+                         f"target_drop (points below the dense model, e.g. 0.02), got target={target!r}, "
+                         f"target_drop={target_drop!r}")
+    for name, v in (("target", target), ("target_drop", target_drop)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+            raise ValueError(f"gradual_global: {name} must be an accuracy fraction in [0, 1], got {v!r}")
     if not isinstance(rate, (int, float)) or not 0 < rate < 1:
         raise ValueError(f"gradual_global: rate must be in (0, 1) (fraction of remaining filters per step), "
                          f"got {rate!r}")
@@ -424,6 +432,9 @@ def gradual_global(model: nn.Module, example_inputs: Any, train_loader: Any, val
     work = copy.deepcopy(model).eval()
     rec = _Recorder(example_inputs, val_loader)
     dense = rec.add(0, work, time.perf_counter(), accepted=True)
+    if target is None:
+        target = dense["accuracy"] - target_drop
+    dense["target"] = target
     if dense["accuracy"] < target:
         raise ValueError(f"gradual_global: target {target} is above the dense model's validation accuracy "
                          f"{dense['accuracy']:.4f}; choose a target <= it")

@@ -153,6 +153,28 @@ def test_gradual_global_returns_the_last_model_at_target(xor):
     assert channels == sorted(channels, reverse=True) and channels[0] == 16 - int(0.2 * 16)
 
 
+def test_gradual_global_target_relative_to_dense(xor):
+    m, ld = xor
+    dense = pb.train.evaluate(m, ld.val)["top1"]
+    pruned, hist = schedules.gradual_global(m, X1, ld.train, ld.val, target_drop=0.05, rate=0.2, criterion="l1",
+                                            fine_tune_epochs=1, fine_tune_kw={"lr": 0.05, "momentum": 0.9},
+                                            progress=False)
+    assert hist[0]["target"] == pytest.approx(dense - 0.05)
+    assert pb.train.evaluate(pruned, ld.val)["top1"] >= dense - 0.05
+    assert all(r["accepted"] == (r["accuracy"] >= dense - 0.05) for r in hist[1:])
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({}, "exactly one of target"), ({"target": 0.5, "target_drop": 0.01}, "exactly one of target"),
+    ({"target_drop": -0.01}, "target_drop must be an accuracy fraction"),
+    ({"target_drop": True}, "target_drop must be an accuracy fraction"),
+    ({"target": 1.5}, "target must be an accuracy fraction")])
+def test_gradual_global_refuses_a_bad_target(xor, kw, message):
+    m, ld = xor
+    with pytest.raises(ValueError, match=message):
+        schedules.gradual_global(m, X1, ld.train, ld.val, progress=False, **kw)
+
+
 def test_bad_input_leaves_the_model_alone(xor):
     m, ld = xor
     before = _state(m)

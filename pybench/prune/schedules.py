@@ -397,7 +397,8 @@ def layerwise_alpha(model: nn.Module, example_inputs: Any, train_loader: Any, va
 # ---------------------------------------------------------------------------------------------------------------
 @SCHEDULES.register()
 def gradual_global(model: nn.Module, example_inputs: Any, train_loader: Any, val_loader: Any,
-                   target: float | None = None, *, target_drop: float | None = None, rate: float = 0.1, criterion: str = "aaws", normalize_by: str = "mean", data: Any = None,
+                   target: float | None = None, *, target_drop: float | None = None, rate: float = 0.1,
+                   criterion: str = "aaws", normalize_by: str = "mean", data: Any = None,
                    fine_tune_epochs: int = 1, fine_tune_kw: Mapping[str, Any] | None = None,
                    criterion_kw: Mapping[str, Any] | None = None, max_steps: int = 50, round_to: int = 1,
                    min_channels: int = 1, ignore: Iterable[str] = (),

@@ -150,6 +150,11 @@ def _prune_pybench(model, x, name: str, ratio: float):
     return pb.apply(model, plan), plan
 
 
+def _prune(tool: str, model, x, name: str, ratio: float):
+    """``model`` pruned by ``tool``: pybench's (pruned copy, plan), or the peer's model pruned in place."""
+    return _prune_pybench(model, x, name, ratio) if tool == "pybench" else (_prune_peer(model, x, ratio), None)
+
+
 def _check_pybench(model, pruned, plan, x, feats) -> None:
     """The pruned model (or, for a detector -- ``feats`` its backbone's input --, its pruned backbone) equals
     pb.mask's."""
@@ -210,10 +215,7 @@ def worker(name: str, tool: str, size: int, ratio: float, min_macs_removed: floa
     for _ in range(max(1, repeats)):  # fresh copies, the fastest kept: both tools warm, as in a user's session
         fresh = copy.deepcopy(model)
         t = time.perf_counter()
-        if tool == "pybench":
-            pruned, plan = _prune_pybench(fresh, x, name, ratio)
-        else:
-            pruned = _prune_peer(fresh, x, ratio)
+        pruned, plan = _prune(tool, fresh, x, name, ratio)
         times.append(time.perf_counter() - t)
     if tool == "pybench":
         _check_pybench(model, pruned, plan, x, feats)
@@ -234,13 +236,15 @@ def worker(name: str, tool: str, size: int, ratio: float, min_macs_removed: floa
 
 def paired_speed(name: str, size: int, ratio: float, repeats: int = 10) -> dict:
     """Both tools timed alternately in one process (ABBA order, a fresh copy each time): the median of the pairs'
-    peer / pybench ratios with a 95 % bootstrap interval. A machine's load then slows both sides of each pair
-    alike, where the fastest-of-N of two separate processes can each catch a different moment of it."""
+    peer / pybench ratios with a 95 % bootstrap interval (``pybench.measure.paired.speedup_interval``). A machine's
+    load then slows both sides of each pair alike, where the fastest-of-N of two separate processes can each catch
+    a different moment of it."""
     import copy
     import warnings
 
-    import numpy as np
     import torch
+
+    from pybench.measure.paired import speedup_interval
 
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
@@ -250,10 +254,7 @@ def paired_speed(name: str, size: int, ratio: float, repeats: int = 10) -> dict:
     def once(tool: str) -> float:
         fresh = copy.deepcopy(model)
         t = time.perf_counter()
-        if tool == "pybench":
-            _prune_pybench(fresh, x, name, ratio)
-        else:
-            _prune_peer(fresh, x, ratio)
+        _prune(tool, fresh, x, name, ratio)
         return time.perf_counter() - t
 
     once("pybench"), once("torch_pruning")  # warm both: imports and first-call caches
@@ -263,11 +264,9 @@ def paired_speed(name: str, size: int, ratio: float, repeats: int = 10) -> dict:
         got = {tool: once(tool) for tool in order}
         ours.append(got["pybench"])
         peer.append(got["torch_pruning"])
-    ratios = np.array(peer) / np.array(ours)
-    resampled = np.random.default_rng(0).choice(ratios, (2000, len(ratios)))  # percentile bootstrap of the median
-    lo, hi = np.percentile(np.median(resampled, axis=1), [2.5, 97.5])
-    return {"pairs": len(ratios), "ratio": round(float(np.median(ratios)), 2), "ratio_ci": [round(float(lo), 2),
-            round(float(hi), 2)], "seconds_pybench": round(min(ours), 4), "seconds_peer": round(min(peer), 4)}
+    ratio, lo, hi = speedup_interval(peer, ours)  # the paired timing's median ratio and percentile bootstrap
+    return {"pairs": len(ours), "ratio": round(ratio, 2), "ratio_ci": [round(lo, 2), round(hi, 2)],
+            "seconds_pybench": round(min(ours), 4), "seconds_peer": round(min(peer), 4)}
 
 
 def run_one(name: str, tool: str, size: int, ratio: float, timeout: float, min_macs_removed: float = 0.2,

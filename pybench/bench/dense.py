@@ -50,18 +50,6 @@ def loader_defaults(name: str, device: str) -> dict[str, Any]:
     return {"pin_memory": True, "num_workers": workers}
 
 
-def to_device(model: Any, device: str) -> Any:
-    """``model`` on ``device``: itself on the CPU where it lives, a copy elsewhere (the caller's stays put)."""
-    import copy
-
-    import torch
-
-    dev = torch.device(device)
-    if all(t.device == dev for t in [*model.parameters(), *model.buffers()]):
-        return model
-    return copy.deepcopy(model).to(dev)
-
-
 class Context:
     """Per-worker state: data loaders, dense models and their figures, reused across the chunk's groups."""
 

@@ -122,11 +122,11 @@ def _check_devices(cells: Iterable[Cell]) -> None:
     import torch
 
     cells = list(cells)
-    used = {(c.device, "device"): None for c in cells}
+    used = {(c.device, "device") for c in cells}
     for c in cells:
         for table, t in (("train", c.train), ("fine_tune", c.fine_tune)):
             if t is not None and t.device:
-                used[(t.device, f"[{table}] device")] = None
+                used.add((t.device, f"[{table}] device"))
     for dev, what in sorted(used):
         if what != "device" and dev == "cpu":
             continue

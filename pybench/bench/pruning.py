@@ -13,7 +13,7 @@ import warnings
 from typing import Any
 
 from pybench.bench.config import Cell, FineTuneSettings, PruneSettings
-from pybench.bench.dense import Context, example_input, to_device
+from pybench.bench.dense import Context, example_input
 from pybench.bench.protocol import atomic_write
 
 
@@ -79,8 +79,10 @@ def prune_model(dense: Any, cell: Cell, loaders: Any) -> Any:
     data = None
     if loaders is not None and p.calibration_batches > 0:
         data = [b for _, b in zip(range(p.calibration_batches), loaders.train, strict=False)]
+    from pybench.measure._common import on_device_or_copy
+
     dev = cell.work_device
-    return prune_with(to_device(dense, dev), example_input(cell).to(dev), criterion=cell.criterion,
+    return prune_with(on_device_or_copy(dense, dev), example_input(cell).to(dev), criterion=cell.criterion,
                       schedule=cell.schedule, level=cell.level, settings=p, data=data, loaders=loaders,
                       fine_tune=cell.fine_tune, fine_tune_processes=cell.fine_tune_processes,
                       fine_tune_backend=cell.fine_tune_backend, criterion_kw=_criterion_options(cell),

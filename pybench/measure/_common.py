@@ -155,6 +155,15 @@ def prepare_inputs(inputs: Inputs, device: torch.device, dtype: torch.dtype, bat
     return _map_tensors(inputs, convert)
 
 
+def on_device_or_copy(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """``model`` itself when every parameter and buffer is already on ``device``, else a copy moved there (the
+    caller's model stays where it is)."""
+    dev = torch.device(device)
+    if all(t.device == dev for t in [*model.parameters(), *model.buffers()]):
+        return model
+    return copy.deepcopy(model).to(dev)
+
+
 def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool = False) -> nn.Module:
     """An eval-mode copy of ``model`` on ``device`` in ``dtype``; the caller's model is never modified."""
     if not isinstance(model, nn.Module):

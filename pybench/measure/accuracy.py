@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -47,8 +46,7 @@ def accuracy(model: nn.Module, loader: Iterable[Any], device: str | torch.device
     result = AccuracyResult(device=str(dev))
     m: Any = None
     try:
-        on_device = all(t.device == dev for t in [*model.parameters(), *model.buffers()])
-        m = model if on_device else copy.deepcopy(model).to(dev)
+        m = C.on_device_or_copy(model, dev)
         metrics = evaluate(m, loader, device=dev, max_batches=max_batches)
     except Exception as e:
         if not C.is_oom(e):

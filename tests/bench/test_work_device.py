@@ -9,7 +9,8 @@ import torch
 from pybench.bench import driver as runner
 from pybench.bench import results as R
 from pybench.bench import suite as S
-from pybench.bench.dense import loader_defaults, to_device
+from pybench.bench.dense import loader_defaults
+from pybench.measure._common import on_device_or_copy
 
 SUITE = """
 [suite]
@@ -86,11 +87,11 @@ def test_loader_defaults_pin_memory_and_workers_only_on_cuda():
     assert got["pin_memory"] is True and got["num_workers"] >= 1
 
 
-def test_to_device_copies_only_when_it_moves():
+def test_on_device_or_copy_copies_only_when_it_moves():
     m = torch.nn.Linear(2, 2)
-    assert to_device(m, "cpu") is m
+    assert on_device_or_copy(m, "cpu") is m
     m64 = torch.nn.Linear(2, 2).to(torch.float64)
-    assert to_device(m64, "cpu") is m64  # dtype is not device
+    assert on_device_or_copy(m64, "cpu") is m64  # dtype is not device
 
 
 def test_records_say_where_each_step_ran(tmp_path):

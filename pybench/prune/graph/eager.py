@@ -202,6 +202,10 @@ class _Tracer:
         self.ops: list[tuple[str, str]] = []  # (kind, target) of every operation, to compare train and eval runs
         self._tensor_names: dict[int, str] | None = None
         self._kinds: dict[type, tuple[bool, Callable | None]] = {}
+        # meta stand-ins of parameters and buffers by (shape, dtype): a meta tensor has no data, so reads of equal
+        # shapes may share one (a BN's four vectors, each block's like-sized weights), and making one is most of
+        # a read's cost
+        self._metas: dict[tuple, torch.Tensor] = {}
 
     # -- stand-ins for parameters and buffers -----------------------------------------------------------------------
     def tensor_name(self, t: torch.Tensor) -> str | None:
@@ -216,7 +220,11 @@ class _Tracer:
     def attribute(self, t: torch.Tensor) -> Value:
         name = self.tensor_name(t)
         self.ops.append(("get_attr", str(name)))
-        return Value(torch.empty(t.shape, dtype=t.dtype, device="meta"), None, name)
+        key = (t.shape, t.dtype)
+        meta = self._metas.get(key)
+        if meta is None:
+            meta = self._metas[key] = torch.empty(t.shape, dtype=t.dtype, device="meta")
+        return Value(meta, None, name)
 
     # -- unwrapping ---------------------------------------------------------------------------------------------------
     def _unwrap(self, x: Any) -> tuple[Any, Any]:

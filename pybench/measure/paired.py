@@ -110,7 +110,7 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs
                    max_pairs: int = 2000, block_s: float | None = None, max_warmup_s: float | None = None,
                    threads: int | None = None, cpu_affinity: list[int] | None = None, channels_last: bool = False,
                    inference_mode: bool = True, clock: C.Clock | None = None,
-                   wrap: C.Wrap | None = None) -> PairedResult:
+                   wrap: C.Wrap | None = None, pruned_inputs: C.Inputs | None = None) -> PairedResult:
     """Time ``dense`` and ``pruned`` on the same input, alternately, until the speedup's 95 % interval is within
     ``target_ci`` (relative half-width) or ``max_time_s`` is spent.
 
@@ -128,6 +128,8 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs
             fake one.
         wrap: as :func:`pybench.measure.latency`: each model is timed through ``wrap(model, inputs)`` (an
             inference backend); preparing both is not part of ``max_time_s``.
+        pruned_inputs: the pruned side's own inputs when they differ from ``example_inputs`` (a layer timed with
+            fewer input channels, by the latency tables); same batch size.
 
     Returns:
         PairedResult; on out-of-memory its statistics are None and ``error`` says so (memory is released).
@@ -149,6 +151,7 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs
                           warmup_blocks=0, steady=False, target_ci=float(target_ci), max_time_s=float(max_time_s),
                           target_met=False, pinned=bool(cpu_affinity), channels_last=channels_last)
     x: Any = None
+    xs: list[Any] = []
     models: list[Any] = []
     calls: list[Any] = []
     fns: list[Any] = []
@@ -160,11 +163,13 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs
               C.grad_mode(inference_mode)):
             result.cpu_affinity = cpus
             x = C.prepare_inputs(example_inputs, dev, dt, batch_size, channels_last)
+            xs = [x, x if pruned_inputs is None else C.prepare_inputs(pruned_inputs, dev, dt, batch_size,
+                                                                     channels_last)]
             models = [C.prepare_model(m, dev, dt, channels_last) for m in (dense, pruned)]
-            for m, name in zip(models, ("dense", "pruned"), strict=True):
-                C.check_call(m, x, dev, dt, inference_mode, f"{name} {type(m).__name__}")
-            fns = [m if wrap is None else wrap(m, x) for m in models]
-            calls = [lambda f=f: C.call(f, x) for f in fns]
+            for m, xi, name in zip(models, xs, ("dense", "pruned"), strict=True):
+                C.check_call(m, xi, dev, dt, inference_mode, f"{name} {type(m).__name__}")
+            fns = [m if wrap is None else wrap(m, xi) for m, xi in zip(models, xs, strict=True)]
+            calls = [lambda f=f, xi=xi: C.call(f, xi) for f, xi in zip(fns, xs, strict=True)]
             for call in calls:  # a backend that compiles (or recompiles) on its first call does it here, untimed
                 call()
             t_start = time.perf_counter()  # the budget is for timing, not for a backend's compile / export
@@ -179,7 +184,7 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, example_inputs: C.Inputs
             raise
         result.error = C.oom_message("paired latency", e, dev)
     if result.error is not None:
-        models, calls, fns, x = [], [], [], None  # outside the except block: the traceback no longer holds the tensors
+        models, calls, fns, x, xs = [], [], [], None, []  # outside the except block: the traceback holds no tensors
         C.release_memory(dev)
         return result
     s, lo, hi = speedup_interval(d_s, p_s)

@@ -4,7 +4,8 @@ Semantics (DESIGN.md): a group of n channels at ratio r loses floor(r*n) of them
 kept count is a multiple of ``round_to``, and keeps at least ``min_channels`` (a clamp the plan reports in
 ``notes``). Groups with equal partitions (grouped convs, GroupNorm) lose the same number from each partition.
 ``scope="global"`` ranks all groups' channels together after dividing each group's scores by their mean (Wang) and
-then applies the same per-group rules.
+then applies the same per-group rules. ``latency_budget=`` with ``lut=`` chooses the counts instead by a
+measured latency table (:mod:`pybench.prune.budget`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pybench.prune.budget import latency_counts
 from pybench.prune.graph import ChannelGraph, Group
 from pybench.prune.graph import slots as _slots
+from pybench.prune.lut import LatencyTable
 
 __all__ = ["NORMALIZATIONS", "PrunePlan", "normalize", "plan"]
 
@@ -34,6 +37,10 @@ class PrunePlan:
     min_channels: int = 1
     ignored: list[Group] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # a latency-budget plan: the budget (fraction of dense latency) and the table's prediction for this plan
+    latency_budget: float | None = None
+    predicted_latency: float | None = None  # fraction of dense latency
+    predicted_ms: float | None = None
 
     def removed_units(self) -> np.ndarray:
         """Boolean over all of the graph's channel units: True where the plan removes it."""
@@ -212,7 +219,8 @@ def normalize(scores: Mapping[Group, torch.Tensor], method: str = "mean") -> dic
 
 def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float = 0.5, scope: str = "local",
          round_to: int = 1, min_channels: int = 1, ignore: Iterable[str] = (),
-         normalize_by: str = "mean") -> PrunePlan:
+         normalize_by: str = "mean", *, latency_budget: float | None = None, lut: LatencyTable | None = None
+         ) -> PrunePlan:
     """Decide the channels each group keeps.
 
     Args:
@@ -225,11 +233,40 @@ def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float
         round_to: kept counts are multiples of this (where the group is large enough).
         min_channels: every group keeps at least this many (a clamp is reported in ``PrunePlan.notes``).
         ignore: module or parameter names whose groups stay whole.
-        normalize_by: "mean" (Wang et al.), "max", "l2" or "none"; only a global scope uses it.
+        normalize_by: "mean" (Wang et al.), "max", "l2" or "none"; a global scope and a latency budget use it.
+        latency_budget: instead of ``ratio``, a fraction of the dense model's latency in (0, 1), predicted by
+            ``lut`` (a :class:`~pybench.prune.lut.LatencyTable` of this model on the target): per-group counts
+            that keep the most normalised importance within it, snapped to the table's fast steps
+            (:mod:`pybench.prune.budget`); ``round_to``, ``min_channels`` and ``ignore`` hold. The plan records
+            ``predicted_latency`` (fraction of dense) and ``predicted_ms``; its ``ratio`` is the share of the
+            groups' channels removed.
     """
+    if latency_budget is not None:
+        return _latency_plan(graph, scores, latency_budget, lut, round_to, min_channels, ignore, normalize_by)
+    if lut is not None:
+        raise ValueError("lut= is only used with latency_budget=; give the budget (a fraction of dense latency)")
     _check(graph, ratio, scope, round_to, min_channels)
     if normalize_by not in NORMALIZATIONS:
         raise ValueError(f"normalize_by must be one of {list(NORMALIZATIONS)}, got {normalize_by!r}")
+    skip, arrays = _score_arrays(graph, scores, ignore)
+    removals = {g: int(math.floor(ratio * g.size + 1e-9)) for g in arrays}
+    if scope == "global" and arrays:
+        normed = [s / _divisor(s, normalize_by) for s in arrays.values()]
+        removals = dict(zip(arrays, global_removals(normed, ratio, min_channels), strict=True))
+    keep: dict[Group, torch.Tensor] = {}
+    notes: list[str] = []
+    for g, s in arrays.items():
+        k, clamped = _keep_count(g.size, removals[g], g.blocks, round_to, min_channels)
+        if clamped:
+            notes.append(f"{g!r}: would keep {g.size - removals[g]} < min_channels={min_channels}; kept {k}")
+        keep[g] = torch.from_numpy(_choose(g, s, k).astype(np.int64))
+    return PrunePlan(graph, keep, float(ratio), scope, round_to, min_channels,
+                     [g for g in graph.groups if g.index in skip], notes)
+
+
+def _score_arrays(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor],
+                  ignore: Iterable[str]) -> tuple[set[int], dict[Group, np.ndarray]]:
+    """(indices of ignored groups, {group: float64 scores}) of the groups a plan may shrink; bad scores raise."""
     _check_scores(graph, scores)
     skip = _ignored(graph, ignore)
     arrays: dict[Group, np.ndarray] = {}
@@ -244,16 +281,31 @@ def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float
             raise ValueError(f"scores for {g!r} hold NaN at {np.flatnonzero(np.isnan(s))[:5].tolist()}: a criterion "
                              "that diverged ranks nothing; check the model's weights and data")
         arrays[g] = s.astype(np.float64, copy=False)  # read only
-    removals = {g: int(math.floor(ratio * g.size + 1e-9)) for g in arrays}
-    if scope == "global" and arrays:
-        normed = [s / _divisor(s, normalize_by) for s in arrays.values()]
-        removals = dict(zip(arrays, global_removals(normed, ratio, min_channels), strict=True))
-    keep: dict[Group, torch.Tensor] = {}
-    notes: list[str] = []
+    return skip, arrays
+
+
+def _latency_plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], budget: float, lut: LatencyTable | None,
+                  round_to: int, min_channels: int, ignore: Iterable[str], normalize_by: str) -> PrunePlan:
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 < budget < 1:
+        raise ValueError(f"latency_budget must be a fraction of the dense model's latency in (0, 1), e.g. 0.5, got "
+                         f"{budget!r}")
+    if not isinstance(lut, LatencyTable):
+        raise TypeError("latency_budget needs lut=, a latency table of this model on the target (pb.latency_table "
+                        f"or LatencyTable.load), got {type(lut).__name__}")
+    _check(graph, 0.0, "global", round_to, min_channels)
+    if normalize_by not in NORMALIZATIONS:
+        raise ValueError(f"normalize_by must be one of {list(NORMALIZATIONS)}, got {normalize_by!r}")
+    lut.check(graph)
+    skip, arrays = _score_arrays(graph, scores, ignore)
+    choices: dict[int, tuple[np.ndarray, list[int]]] = {}
     for g, s in arrays.items():
-        k, clamped = _keep_count(g.size, removals[g], g.blocks, round_to, min_channels)
-        if clamped:
-            notes.append(f"{g!r}: would keep {g.size - removals[g]} < min_channels={min_channels}; kept {k}")
-        keep[g] = torch.from_numpy(_choose(g, s, k).astype(np.int64))
-    return PrunePlan(graph, keep, float(ratio), scope, round_to, min_channels,
-                     [g for g in graph.groups if g.index in skip], notes)
+        allowed = sorted({_keep_count(g.size, r, g.blocks, round_to, min_channels)[0] for r in range(g.size + 1)},
+                         reverse=True)
+        choices[g.index] = (s / _divisor(s, normalize_by), allowed)
+    counts, predicted, notes = latency_counts(choices, lut, float(budget))
+    keep = {g: torch.from_numpy(_choose(g, s, counts[g.index]).astype(np.int64)) for g, s in arrays.items()}
+    total = sum(g.size for g in arrays)
+    removed = sum(g.size - counts[g.index] for g in arrays)
+    return PrunePlan(graph, keep, removed / total if total else 0.0, "global", round_to, min_channels,
+                     [g for g in graph.groups if g.index in skip], notes, float(budget), predicted,
+                     predicted * lut.dense_ms)

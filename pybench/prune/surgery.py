@@ -28,7 +28,7 @@ from pybench.prune.graph import slots as _slots
 from pybench.prune.graph.rules import is_grn
 from pybench.prune.planning import PrunePlan
 
-__all__ = ["PRUNERS", "Gather", "apply", "check_model", "run_gathers", "slot_keep", "tensor_named"]
+__all__ = ["PRUNERS", "Gather", "apply", "check_model", "run_gathers", "shrink_module", "slot_keep", "tensor_named"]
 
 Idx = torch.Tensor | None
 
@@ -255,6 +255,21 @@ def _apply(model: nn.Module, plan: PrunePlan) -> nn.Module:
     if plan.graph.resizes:
         _rewrite_split_sizes(model, plan, memo)
     return pruned
+
+
+def shrink_module(m: nn.Module, out_idx: Idx = None, in_idx: Idx = None) -> nn.Module:
+    """A copy of the single layer ``m`` keeping output channels ``out_idx`` and input channels ``in_idx`` (None:
+    all), by its registered pruning function: what :func:`apply` does to one module (the latency tables time
+    such copies)."""
+    new, attrs = _pruner(type(m).__name__, m)(m, out_idx, in_idx)
+    with torch.no_grad():
+        requests = [t for t in new.values() if isinstance(t, Gather)]
+        gathered = iter(run_gathers(requests))
+        memo = {id(getattr(m, k)): _like(getattr(m, k), next(gathered) if isinstance(t, Gather) else t)
+                for k, t in new.items()}
+    copy = clone_module(m, memo)
+    _set_attributes(copy, attrs)
+    return copy
 
 
 def _rewrite_split_sizes(model: nn.Module, plan: PrunePlan, memo: dict[int, Any]) -> None:

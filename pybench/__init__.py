@@ -36,6 +36,8 @@ _API: dict[str, tuple[str, str | None]] = {
     "prune": ("pybench.prune", None),  # the engine package, callable as pipeline.prune
     "PinnedChannelsWarning": ("pybench.prune.pipeline", "PinnedChannelsWarning"),
     "save": ("pybench.prune.serialize", "save"),
+    "latency_table": ("pybench.bench.lut", "latency_table"),
+    "LatencyTable": ("pybench.prune.lut", "LatencyTable"),
     "load": ("pybench.prune.serialize", "load"),
 }
 

@@ -17,8 +17,8 @@ from pybench.cli._common import COMMANDS, EXIT_FAILED, EXIT_OK, EXIT_USAGE, Usag
 __all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "main"]
 
 # one module per command, in the order `pybench --help` lists them; each registers its parser in COMMANDS
-_COMMAND_MODULES = ("run", "merge", "report", "compare", "check", "prune", "profile", "reproduce", "ops_bench",
-                    "zoo")
+_COMMAND_MODULES = ("run", "merge", "report", "compare", "check", "prune", "lut", "profile", "reproduce",
+                    "ops_bench", "zoo")
 
 
 def build_parser() -> argparse.ArgumentParser:

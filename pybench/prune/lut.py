@@ -5,7 +5,7 @@ dense time and two staircases measured in isolation on the target (:func:`pybenc
 harness): the layer's time relative to dense as its output channels vary (inputs dense), and as its input channels
 vary (outputs dense); a depthwise conv or a norm, whose in and out are one count, has one. A layer's time at
 ``(c_in, c_out)`` is ``dense_ms * r_in(c_in) * r_out(c_out)`` (separable, as a convolution's work is
-``c_in * c_out``), each ``r`` interpolated between the sampled counts, so the steps of the hardware's tiles stay;
+``c_in * c_out``), each ``r`` that of the next sampled count up, so the steps of the hardware's tiles stay;
 the part ``f`` of a layer's time that no channel count removes (its call's fixed cost) stays out of the product,
 ``r = f + (r_in - f) (r_out - f) / (1 - f)``, with ``f`` fitted to a third sweep of both counts together.
 Each dimension knows which groups' channels it holds (a concat's input holds several), so a plan's kept counts give
@@ -19,6 +19,7 @@ against the graph it is used with (same parameters, same groups) and against the
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -53,13 +54,14 @@ class LayerDim:
     ratios: list[float]
 
     def ratio(self, count: float) -> float:
-        """Time relative to dense at ``count`` channels: linear between samples, proportional below the least."""
+        """Time relative to dense at ``count`` channels: that of the least sampled count at or above it (a count
+        between samples costs what the next step costs: never optimistic), proportional below the least."""
         c = self.counts
         if count >= c[-1]:
             return self.ratios[-1]
         if count <= c[0]:
             return self.ratios[0] * max(count, 0.0) / c[0]
-        return float(np.interp(count, c, self.ratios))
+        return self.ratios[bisect.bisect_left(c, count - 1e-9)]
 
 
 @dataclass

@@ -42,8 +42,8 @@ def tiny(tmp_path):
     return p
 
 
-@pytest.mark.parametrize("cmd", [[], ["run"], ["report"], ["compare"], ["check"], ["prune"], ["profile"], ["zoo"],
-                                 ["ops-bench"]])
+@pytest.mark.parametrize("cmd", [[], ["run"], ["report"], ["compare"], ["check"], ["prune"], ["lut"], ["profile"],
+                                 ["zoo"], ["ops-bench"]])
 def test_help_everywhere(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([*cmd, "--help"])

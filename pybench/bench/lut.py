@@ -25,11 +25,19 @@ import pybench
 from pybench.measure import _common as C
 from pybench.measure import latency, paired_latency
 from pybench.measure.environment import environment
+from pybench.prune import (
+    PRUNERS,
+    LatencyTable,
+    LayerCost,
+    LayerDim,
+    apply,
+    fit_floor,
+    graph_signature,
+    plan,
+    shrink_module,
+    trace,
+)
 from pybench.prune.criteria import score
-from pybench.prune.graph import trace
-from pybench.prune.lut import LatencyTable, LayerCost, LayerDim, fit_floor, graph_signature
-from pybench.prune.planning import plan
-from pybench.prune.surgery import PRUNERS, apply, shrink_module
 
 __all__ = ["latency_table", "sample_counts"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pybench.prune.lut import LatencyTable
+from pybench.prune import LatencyTable
 
 __all__ = ["plot_staircases"]
 

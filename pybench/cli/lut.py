@@ -12,7 +12,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from pybench.bench.lut import latency_table
-    from pybench.prune.lut import LatencyTable
+    from pybench.prune import LatencyTable
 
     if args.plot and not args.out and not args.table:
         raise UsageError("--plot draws a table: give --out FILE (measure and save one) or --table FILE (draw a saved "

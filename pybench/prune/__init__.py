@@ -29,7 +29,12 @@ class _CallablePackage(types.ModuleType):
 
 
 # what the harness reads of the engine besides pybench's API and the criteria / schedules registries
-_FACE = {"NORMALIZATIONS": "pybench.prune.planning", "pin_summary": "pybench.prune.pipeline"}
+_FACE = {"NORMALIZATIONS": "pybench.prune.planning", "pin_summary": "pybench.prune.pipeline",
+         # latency tables: the harness measures them, the engine plans with them
+         "LatencyTable": "pybench.prune.lut", "LayerCost": "pybench.prune.lut", "LayerDim": "pybench.prune.lut",
+         "LutMismatchError": "pybench.prune.lut", "fit_floor": "pybench.prune.lut",
+         "graph_signature": "pybench.prune.lut", "trace": "pybench.prune.graph", "plan": "pybench.prune.planning",
+         "apply": "pybench.prune.surgery", "shrink_module": "pybench.prune.surgery", "PRUNERS": "pybench.prune.surgery"}
 
 
 def __getattr__(name: str) -> Any:

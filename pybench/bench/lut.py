@@ -74,11 +74,12 @@ def _composition(graph: Any, name: str, role: str) -> tuple[int, int, dict[int, 
     return int(lab.size), int((grp < 0).sum()), {int(g): int(c) for g, c in zip(ids, counts, strict=True)}
 
 
-def _record_inputs(model: nn.Module, names: list[str], inputs: tuple) -> dict[str, tuple[torch.Size, int]]:
-    """(input shape at batch 1, calls per forward) of each named module, from one real forward on the CPU."""
+def _record_inputs(model: nn.Module, modules: dict[str, nn.Module], names: list[str],
+                   inputs: tuple) -> dict[str, tuple[torch.Size, int]]:
+    """(input shape at batch 1, calls per forward) of each named module (of ``modules``, the model's), from one
+    real forward on the CPU."""
     seen: dict[str, list] = {}
     handles = []
-    modules = dict(model.named_modules())
     for name in names:
         def hook(_m: nn.Module, args: tuple, name: str = name) -> None:
             if name in seen:
@@ -97,8 +98,8 @@ def _record_inputs(model: nn.Module, names: list[str], inputs: tuple) -> dict[st
 
 def _layer_kind(m: nn.Module) -> tuple[bool, int, int]:
     """(tied: one count for in and out, in-partitions, out-partitions) of a layer."""
-    groups = getattr(m, "groups", 1) if isinstance(m, nn.modules.conv._ConvNd) else 1
     if isinstance(m, nn.modules.conv._ConvNd):
+        groups = m.groups
         depthwise = groups == m.in_channels and m.in_channels == m.out_channels
         return depthwise, (1 if depthwise else groups), (1 if depthwise else groups)
     return not isinstance(m, nn.Linear), 1, 1
@@ -142,7 +143,7 @@ def latency_table(model: nn.Module, example_inputs: Any, device: str = "cpu", ba
     graph = trace(model, inputs)
     modules = dict(model.named_modules())
     names = [k for k in graph.module_types if PRUNERS.for_type(type(modules[k])) is not None]
-    shapes = _record_inputs(model, names, inputs)
+    shapes = _record_inputs(model, modules, names, inputs)
     timing = {"device": dev, "dtype": dt, "batch_size": n, "threads": threads}
     memo: dict[tuple, float] = {}
     layers: list[LayerCost] = []

@@ -28,13 +28,11 @@ class _Cost:
         self.sizes = dict(enumerate(lut.model["groups"]))
         self.counts: dict[int, float] = {}
         self.per_volume = lut.rest_per_volume
-        dense_total, dense_volume = lut.totals({})
-        self.dense = dense_total + lut.rest_ms + self.per_volume * dense_volume
-        self.layers_of: dict[int, list[int]] = {}
+        self.dense = lut.model_ms({})
+        self.layers_of: dict[int, set[int]] = {}  # group -> the layers whose size it sets
         for i, lay in enumerate(lut.layers):
-            for d in (lay.out, lay.inp):
-                for g in (d.groups if d is not None else ()):
-                    self.layers_of.setdefault(g, []).append(i)
+            for g in _groups_of(lay):
+                self.layers_of.setdefault(g, set()).add(i)
         self.cost = [self._layer(lay) for lay in lut.layers]
         self.total = sum(self.cost) + lut.rest_ms
 
@@ -48,11 +46,11 @@ class _Cost:
     def delta(self, g: int, c: int) -> float:
         """Change of the predicted total (ms) when group ``g`` keeps ``c`` channels."""
         trial = {**self.counts, g: c}
-        return sum(self._layer(self.lut.layers[i], trial) - self.cost[i] for i in set(self.layers_of.get(g, ())))
+        return sum(self._layer(self.lut.layers[i], trial) - self.cost[i] for i in self.layers_of.get(g, ()))
 
     def set(self, g: int, c: int) -> None:
         self.counts[g] = c
-        for i in set(self.layers_of.get(g, ())):
+        for i in self.layers_of.get(g, ()):
             new = self._layer(self.lut.layers[i])
             self.total += new - self.cost[i]
             self.cost[i] = new
@@ -69,8 +67,8 @@ def _fast_steps(cost: _Cost, g: int, allowed: list[int]) -> list[int]:
     return steps
 
 
-def latency_counts(groups: Mapping[int, tuple[np.ndarray, list[int]]], lut: LatencyTable, budget: float,
-                   min_name: str = "min_channels") -> tuple[dict[int, int], float, list[str]]:
+def latency_counts(groups: Mapping[int, tuple[np.ndarray, list[int]]], lut: LatencyTable,
+                   budget: float) -> tuple[dict[int, int], float, list[str]]:
     """Kept count per group index within ``budget`` x dense latency.
 
     ``groups``: ``{group index: (normalised scores, allowed kept counts, descending, the size first)}``. Returns
@@ -84,7 +82,7 @@ def latency_counts(groups: Mapping[int, tuple[np.ndarray, list[int]]], lut: Late
         floor.set(g, st[-1])
     if floor.ratio() > budget + 1e-12:
         raise ValueError(f"latency_budget={budget:g} cannot be met: with every group at its least count "
-                         f"({min_name}, round_to) the table predicts {floor.ratio():.3f} of dense latency; ask for "
+                         f"(min_channels, round_to) the table predicts {floor.ratio():.3f} of dense latency; ask for "
                          f"at least {math.ceil(floor.ratio() * 1000) / 1000:g}")
     # importance kept at each count: the sum of the group's best scores
     kept_imp: dict[int, Callable[[int], float]] = {}
@@ -108,7 +106,7 @@ def latency_counts(groups: Mapping[int, tuple[np.ndarray, list[int]]], lut: Late
         g = min((g for g in moves if moves[g] is not None), key=lambda k: (moves[k][0], k))
         pos[g] = moves[g][1]
         cost.set(g, steps[g][pos[g]])
-        touched = {h for i in set(cost.layers_of.get(g, ())) for h in _groups_of(lut.layers[i])} | {g}
+        touched = {h for i in cost.layers_of.get(g, ()) for h in _groups_of(lut.layers[i])} | {g}
         for h in touched & set(moves):
             moves[h] = step_down(h)
     # give back steps that still fit, the most importance per ms first

@@ -154,13 +154,15 @@ class LatencyTable:
             volume += v
         return total, volume
 
-    def predict_ratio(self, counts: Mapping[int, float]) -> float:
-        """Predicted latency relative to the dense model when group ``g`` keeps ``counts[g]`` channels (a group
-        not named keeps all)."""
+    def model_ms(self, counts: Mapping[int, float]) -> float:
+        """The model's predicted time in the table's own terms (layers plus the fitted rest; ``{}``: dense)."""
         total, volume = self.totals(counts)
-        dense_total, dense_volume = self.totals({})
-        dense = dense_total + self.rest_ms + self.rest_per_volume * dense_volume
-        return max(total + self.rest_ms + self.rest_per_volume * volume, 0.0) / dense
+        return total + self.rest_ms + self.rest_per_volume * volume
+
+    def predict_ratio(self, counts: Mapping[int, float], dense: float | None = None) -> float:
+        """Predicted latency relative to the dense model when group ``g`` keeps ``counts[g]`` channels (a group
+        not named keeps all); ``dense``: ``model_ms({})`` when the caller has it."""
+        return max(self.model_ms(counts), 0.0) / (self.model_ms({}) if dense is None else dense)
 
     def predict_ms(self, counts: Mapping[int, float]) -> float:
         """Predicted latency in ms (``predict_ratio`` times the measured dense latency)."""
@@ -171,7 +173,8 @@ class LatencyTable:
         count from 1 to its size): the staircase of that group."""
         n = self.model["groups"][group]
         counts = list(range(1, n + 1)) if counts is None else counts
-        return counts, [self.predict_ratio({group: c}) for c in counts]
+        dense = self.model_ms({})
+        return counts, [self.predict_ratio({group: c}, dense) for c in counts]
 
     # -- checks ---------------------------------------------------------------------------------------------------
     def check(self, graph: Any = None, **key: Any) -> None:

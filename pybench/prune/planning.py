@@ -82,7 +82,8 @@ class PrunePlan:
                 f"removed {self.n_removed}/{total} channels, notes={len(self.notes)})")
 
 
-def _check(graph: ChannelGraph, ratio: float, scope: str, round_to: int, min_channels: int) -> None:
+def _check(graph: ChannelGraph, ratio: float, scope: str, round_to: int, min_channels: int,
+           normalize_by: str = "mean") -> None:
     if not isinstance(graph, ChannelGraph):
         raise TypeError(f"graph must be a ChannelGraph from pybench.trace, got {type(graph).__name__}")
     if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
@@ -93,6 +94,8 @@ def _check(graph: ChannelGraph, ratio: float, scope: str, round_to: int, min_cha
         raise ValueError(f"round_to must be a positive int, got {round_to!r}")
     if not isinstance(min_channels, int) or min_channels < 1:
         raise ValueError(f"min_channels must be an int >= 1 (a layer is never pruned away), got {min_channels!r}")
+    if normalize_by not in NORMALIZATIONS:
+        raise ValueError(f"normalize_by must be one of {list(NORMALIZATIONS)}, got {normalize_by!r}")
 
 
 def _check_scores(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor]) -> None:
@@ -245,9 +248,7 @@ def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float
         return _latency_plan(graph, scores, latency_budget, lut, round_to, min_channels, ignore, normalize_by)
     if lut is not None:
         raise ValueError("lut= is only used with latency_budget=; give the budget (a fraction of dense latency)")
-    _check(graph, ratio, scope, round_to, min_channels)
-    if normalize_by not in NORMALIZATIONS:
-        raise ValueError(f"normalize_by must be one of {list(NORMALIZATIONS)}, got {normalize_by!r}")
+    _check(graph, ratio, scope, round_to, min_channels, normalize_by)
     skip, arrays = _score_arrays(graph, scores, ignore)
     removals = {g: int(math.floor(ratio * g.size + 1e-9)) for g in arrays}
     if scope == "global" and arrays:
@@ -292,9 +293,7 @@ def _latency_plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], bud
     if not isinstance(lut, LatencyTable):
         raise TypeError("latency_budget needs lut=, a latency table of this model on the target (pb.latency_table "
                         f"or LatencyTable.load), got {type(lut).__name__}")
-    _check(graph, 0.0, "global", round_to, min_channels)
-    if normalize_by not in NORMALIZATIONS:
-        raise ValueError(f"normalize_by must be one of {list(NORMALIZATIONS)}, got {normalize_by!r}")
+    _check(graph, 0.0, "global", round_to, min_channels, normalize_by)
     lut.check(graph)
     skip, arrays = _score_arrays(graph, scores, ignore)
     choices: dict[int, tuple[np.ndarray, list[int]]] = {}

@@ -37,6 +37,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "PinnedChannelsWarning": ("pybench.prune.pipeline", "PinnedChannelsWarning"),
     "save": ("pybench.prune.serialize", "save"),
     "latency_table": ("pybench.bench.lut", "latency_table"),
+    "prune_to_latency": ("pybench.bench.lut_fit", "prune_to_latency"),
     "LatencyTable": ("pybench.prune.lut", "LatencyTable"),
     "load": ("pybench.prune.serialize", "load"),
 }

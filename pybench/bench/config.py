@@ -117,6 +117,17 @@ class PruneSettings:
     example_batch_size: int = 1
     criterion_options: dict[str, Any] = field(default_factory=dict)
     schedule_options: dict[str, Any] = field(default_factory=dict)
+    # "ratio": levels are fractions of channels removed; "latency": levels are latency budgets (fractions of the
+    # dense latency on the cell's device, backend, dtype and batch size), planned on a latency table
+    target: str = "ratio"
+    # target "latency": a saved table (pybench lut; a file inside the suite's folder, for every cell's target);
+    # empty: each target's table is measured once into the run folder, with lut_options (pb.latency_table's)
+    lut: str = ""
+    lut_options: dict[str, Any] = field(default_factory=dict)
+    # target "latency": plans re-made until the paired measured latency is within latency_tolerance of the budget
+    # (pb.prune_to_latency), at most latency_rounds plans (1: the table's plan as it is)
+    latency_rounds: int = 3
+    latency_tolerance: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -323,6 +334,14 @@ def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
+def _file_digest(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return "sha1:" + hashlib.sha1(f.read()).hexdigest()[:16]
+    except OSError:  # a dry run of a suite whose table is not there yet
+        return path
+
+
 def expand(suite: Suite) -> list[Cell]:
     """All cells of ``suite`` in run order: by model, seed, then level (dense first), criterion, schedule, then
     batch size, dtype, device, backend."""
@@ -348,12 +367,16 @@ def expand(suite: Suite) -> list[Cell]:
                     ident = {**jsonable(shaping), "data": _nondefault(suite.data),
                              "train": _nondefault(suite.train), "fine_tune": _nondefault(fine_tune),
                              "prune": _nondefault(prune)}
-                    group_id = _digest(ident)
+                    if prune is not None and prune.lut:  # the table's content, not where this machine keeps it
+                        ident["prune"]["lut"] = _file_digest(prune.lut)
+                    # a latency budget is planned for its target: one prune group per target
+                    per_target = prune is not None and prune.target == "latency"
                     for bs in m.batch_sizes:
                         for dtype in m.dtypes:
                             for device, backend in itertools.product(m.devices, m.backends):
                                 where = {"batch_size": bs, "dtype": dtype, "device": device}
                                 on = {} if backend == "eager" else {"backend": backend}  # eager ids never moved
+                                group_id = _digest({**ident, **where, **on} if per_target else ident)
                                 cells.append(Cell(
                                     cell_id=_digest({**ident, **where, **on}), group_id=group_id, **shaping,
                                     **where, backend=backend, suite=suite.name, data_root=suite.data_root,

@@ -12,8 +12,8 @@ import time
 import warnings
 from typing import Any
 
-from pybench.bench.config import Cell, FineTuneSettings, PruneSettings
-from pybench.bench.dense import Context, example_input
+from pybench.bench.config import Cell, FineTuneSettings, PruneSettings, jsonable
+from pybench.bench.dense import Context, digest, example_input
 from pybench.bench.protocol import atomic_write
 
 
@@ -89,6 +89,58 @@ def prune_model(dense: Any, cell: Cell, loaders: Any) -> Any:
                       fine_tune_device=cell.fine_tune_device)
 
 
+def latency_table_for(ctx: Context, cell: Cell, dense: Any) -> tuple[Any, dict[str, Any]]:
+    """(latency table, how it was had) of the cell's target: [prune] lut's file, else the one measured for this
+    model and target into the run folder's cache (measured on first use; plain JSON, loaded as data)."""
+    import pybench as pb
+    from pybench.prune import LatencyTable
+
+    p = cell.prune
+    if p.lut:
+        table, how = LatencyTable.load(p.lut), {"lut": "file"}
+    else:
+        key = {"model": cell.model, "model_config": jsonable(cell.model_config), "batch_size": cell.batch_size,
+               "dtype": cell.dtype, "device": cell.device, "backend": cell.backend, "options": p.lut_options,
+               "threads": cell.metrics.threads}
+        path = ctx.cache / f"lut-{digest(key)}.json"
+        table = None
+        if path.exists():
+            with contextlib.suppress(OSError, ValueError):  # an unreadable table is measured again
+                table, how = LatencyTable.load(path), {"lut": "cached"}
+        if table is None:
+            t0 = time.perf_counter()
+            table = pb.latency_table(dense, example_input(cell, batch=1), device=cell.device, backend=cell.backend,
+                                     dtype=cell.dtype, batch_size=cell.batch_size, **p.lut_options)
+            how = {"lut": "measured", "lut_s": time.perf_counter() - t0}
+            atomic_write(path, json.dumps(table.to_dict()).encode())
+    table.check(device=cell.device.split(":")[0], backend=cell.backend, dtype=cell.dtype,
+                batch_size=cell.batch_size)
+    return table, how
+
+
+def prune_to_budget(ctx: Context, dense: Any, cell: Cell, loaders: Any) -> tuple[Any, dict[str, Any]]:
+    """A target = "latency" cell's cut: its level is the latency budget, met on the cell's own device, backend,
+    dtype and batch size by :func:`pybench.prune_to_latency` (planned on the table, corrected by paired
+    measurements). Returns (pruned model, its achieved latency figures)."""
+    import pybench as pb
+
+    p = cell.prune
+    table, how = latency_table_for(ctx, cell, dense)
+    data = None
+    if loaders is not None and p.calibration_batches > 0:
+        data = [b for _, b in zip(range(p.calibration_batches), loaders.train, strict=False)]
+    model, plan, fit = pb.prune_to_latency(
+        dense, example_input(cell, batch=1), cell.level, table, criterion=cell.criterion, data=data,
+        round_to=p.round_to, min_channels=p.min_channels, ignore=tuple(p.ignore),
+        normalize_by=p.schedule_options.get("normalize_by", "mean"), rounds=p.latency_rounds,
+        tolerance=p.latency_tolerance, device=cell.device, target_ci=cell.metrics.target_ci,
+        max_time_s=cell.metrics.max_time_s, channels_last=cell.metrics.channels_last,
+        **_criterion_options(cell))
+    return model, {**how, "latency_budget": cell.level, "predicted_latency": fit.predicted,
+                   "predicted_ms": plan.predicted_ms, "planned_latency": fit.measured,
+                   "planned_latency_met": fit.met, "latency_fit": fit.to_dict()}
+
+
 def fine_tune_once(model: Any, cell: Cell, loaders: Any) -> None:
     """One_shot's fine-tune after pruning, in place: seeded, on the cell's ``fine_tune_device`` (one GPU per
     process with "nccl"), then the BatchNorm statistics re-estimated."""
@@ -148,7 +200,11 @@ def pruned(ctx: Context, cell: Cell) -> tuple[Any, Any, dict[str, Any]]:
             ft = cell.fine_tune
             tunes = bool(ft and ft.epochs > 0)
             t0 = time.perf_counter()
-            model = prune_model(dense, cell, loaders)
+            budgeted: dict[str, Any] = {}
+            if cell.prune.target == "latency":
+                model, budgeted = prune_to_budget(ctx, dense, cell, loaders)
+            else:
+                model = prune_model(dense, cell, loaders)
             info["prune_s"] = time.perf_counter() - t0
             if tunes and cell.schedule == "one_shot":  # the other schedules fine-tune inside
                 t0 = time.perf_counter()
@@ -163,6 +219,7 @@ def pruned(ctx: Context, cell: Cell) -> tuple[Any, Any, dict[str, Any]]:
                 procs = cell.fine_tune_processes
                 how = {"fine_tune_processes": procs,
                        **({"fine_tune_backend": cell.fine_tune_backend or "gloo"} if procs > 1 else {})}
+            how.update(budgeted)  # kept beside the cached model: its records say how its budget was met
             info.update(how)
             with contextlib.suppress(Exception):  # a model pb.save cannot rebuild is simply not cached
                 atomic_write(path, _saved_bytes(model))

@@ -64,13 +64,17 @@ def analyse(df: Any) -> Any:
         out["memory_saved"] = 1 - j["peak_memory_bytes"] / j["dense_peak_memory_bytes"]
     if "top1" in j:
         out["top1_change"] = (j["top1"] - j["dense_top1"]) * 100
+    if "latency_budget" in j and "speedup" in out:  # target = "latency": the budget against what was measured
+        out["latency_kept"] = 1 / out["speedup"]
+        out["budget_miss"] = out["latency_kept"] / j["latency_budget"] - 1
     return out
 
 
 _FORMATS: dict[str, Any] = {
     "x": lambda v: f"{v:.2f}x", "pct": lambda v: f"{v * 100:.1f}%", "ms": lambda v: f"{v:.3f}",
     "pts": lambda v: f"{v:+.1f}", "acc": lambda v: f"{v * 100:.1f}", "mb": lambda v: f"{v / 2**20:.2f}",
-    "m": lambda v: f"{v / 1e6:.2f}", "int": lambda v: f"{int(v):,}", "g": lambda v: f"{v:g}"}
+    "m": lambda v: f"{v / 1e6:.2f}", "int": lambda v: f"{int(v):,}", "g": lambda v: f"{v:g}",
+    "ratio": lambda v: f"{v:.3f}", "signed": lambda v: f"{v * 100:+.1f}%"}
 
 
 def _fmt(v: Any, kind: str) -> Any:
@@ -113,6 +117,9 @@ def _tables(df: Any, tablefmt: str) -> list[tuple[str, str]]:
     if on and len(a):
         out.append(("Speedup per backend (paired, 95 % interval) against the MACs speedup",
                     _backend_table(a, tablefmt)))
+    budgets = _budget_table(a, tablefmt)
+    if budgets:
+        out.append(("Latency budgets: predicted, measured when planned, and measured in the cell (paired)", budgets))
     for model in sorted(a["model"].unique()) if len(a) else []:
         m = a[a["model"] == model].sort_values(["criterion", "schedule", "level", *rt, "device", "dtype",
                                                  "batch_size", *be])
@@ -199,6 +206,28 @@ def _runs_table(df: Any, tablefmt: str) -> str:
                      int((g["status"] != "ok").sum())])
     return tabulate(rows, headers=["run", "suite", "host", "CPU", "GPU", "torch", "commit", "ok", "failed"],
                     tablefmt=tablefmt, disable_numparse=True)
+
+
+def _budget_table(a: Any, tablefmt: str) -> str:
+    """One row per target = "latency" cell: budget, the table's prediction, the measured latency / dense."""
+    from tabulate import tabulate
+
+    if "latency_budget" not in a.columns:
+        return ""
+    b = a[a["latency_budget"].notna()]
+    if not len(b):
+        return ""
+    rows = []
+    for _, r in b.sort_values(["model", "criterion", "device", "backend", "dtype", "batch_size",
+                               "latency_budget"]).iterrows():
+        rows.append([r["model"], r["criterion"], r["batch_size"], r["dtype"], r["device"], r.get("backend", "eager"),
+                     _fmt(r["latency_budget"], "g"), _fmt(r.get("predicted_latency"), "ratio"),
+                     _fmt(r.get("planned_latency"), "ratio"), _fmt(r.get("latency_kept"), "ratio"),
+                     _fmt(r.get("budget_miss"), "signed"), _fmt(r.get("params_removed"), "pct"),
+                     _fmt(r.get("top1_change"), "pts")])
+    return tabulate(rows, headers=["model", "criterion", "batch", "dtype", "device", "backend", "budget",
+                                   "predicted", "measured at plan", "measured", "miss", "params removed",
+                                   "top-1 change (pts)"], tablefmt=tablefmt, disable_numparse=True)
 
 
 def speedup_cell(r: Any) -> str:

@@ -304,6 +304,8 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
     _allowed(where, "criterion_options", list(pr["criterion_options"]), sorted(takes),
              f" (the options of criteria {', '.join(m['criteria'])})")
 
+    _check_latency_target(where, pr, m, path, require_data)
+
     run = tables["run"]
     _allowed(f"{path} [run]", "isolation", [run["isolation"]], ISOLATION)
     for key in ("timeout_s", "prepare_timeout_s"):
@@ -365,6 +367,58 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
                  fine_tune=config.from_dict(config.FineTuneSettings, tables["fine_tune"]),
                  prune=config.from_dict(config.PruneSettings, pr), run=config.from_dict(config.RunSettings, run),
                  models=models, text=text)
+
+
+# pb.latency_table's options a suite may set in [prune] lut_options
+_LUT_OPTIONS = ("align", "max_points", "between", "target_ci", "max_time_s")
+
+
+def _check_latency_target(where: str, pr: dict[str, Any], m: dict[str, Any], path: str, require_data: bool) -> None:
+    """[prune] target / lut / lut_options / latency_rounds / latency_tolerance; a table file is resolved inside
+    the suite's folder (in place, in ``pr``) and must fit every target of the matrix."""
+    _allowed(where, "target", [pr["target"]], ("ratio", "latency"))
+    latency_keys = [k for k in ("lut", "lut_options") if pr[k]]
+    if pr["target"] != "latency":
+        if latency_keys:
+            raise SuiteError(f"{where}: key {latency_keys[0]!r} is used only with target = \"latency\"; set it or "
+                             f"remove the key")
+        return
+    others = [s for s in m["schedules"] if s != "one_shot"]
+    if others:
+        raise SuiteError(f"{where}: target = \"latency\" plans one cut to each budget: [matrix] schedules must be "
+                         f"[\"one_shot\"], got {', '.join(others)} too")
+    _allowed(f"{where} lut_options", "lut_options", list(pr["lut_options"]), _LUT_OPTIONS,
+             " (pb.latency_table's options)")
+    if pr["latency_rounds"] < 1:
+        raise SuiteError(f"{where}: key 'latency_rounds' must be an integer >= 1 (1: plan once on the table), got "
+                         f"{pr['latency_rounds']}")
+    if not 0 < pr["latency_tolerance"] < 1:
+        raise SuiteError(f"{where}: key 'latency_tolerance' must be a fraction in (0, 1) (0.05: within 5 % of the "
+                         f"budget), got {pr['latency_tolerance']}")
+    if not pr["lut"]:
+        return
+    home = Path(path).resolve().parent if path != "<string>" else Path.cwd().resolve()
+    lut = (home / expand_env(pr["lut"], where, "lut", require_data)).resolve()
+    if not lut.is_relative_to(home):
+        raise SuiteError(f"{where}: key 'lut' {pr['lut']!r} leads outside the suite's folder {str(home)!r}; keep "
+                         "the table beside the suite (a path relative to it)")
+    pr["lut"] = str(lut)
+    if not require_data:
+        return
+    from pybench.prune import LatencyTable, LutMismatchError
+
+    try:
+        table = LatencyTable.load(lut)
+    except (OSError, ValueError) as e:
+        raise SuiteError(f"{where}: key 'lut' {pr['lut']!r}: {e}") from None
+    for key, values in (("batch_size", m["batch_sizes"]), ("dtype", m["dtypes"]), ("backend", m["backends"]),
+                        ("device", [d.split(":")[0] for d in m["devices"]])):
+        for v in values:
+            try:
+                table.check(**{key: v})
+            except LutMismatchError as e:
+                raise SuiteError(f"{where}: key 'lut': [matrix] has {key} {v!r}: {e}; or leave 'lut' out to "
+                                 "measure a table per target") from None
 
 
 def _check_backends(where: str, specs: list[str], devices: list[str], dtypes: list[str], installed: bool) -> None:

@@ -32,7 +32,8 @@ class _CallablePackage(types.ModuleType):
 _FACE = {"NORMALIZATIONS": "pybench.prune.planning", "pin_summary": "pybench.prune.pipeline",
          # latency tables: the harness measures them, the engine plans with them
          "LatencyTable": "pybench.prune.lut", "LayerCost": "pybench.prune.lut", "LayerDim": "pybench.prune.lut",
-         "LutMismatchError": "pybench.prune.lut", "fit_floor": "pybench.prune.lut",
+         "LutMismatchError": "pybench.prune.lut", "BudgetUnreachableError": "pybench.prune.budget",
+         "fit_floor": "pybench.prune.lut",
          "graph_signature": "pybench.prune.lut", "trace": "pybench.prune.graph", "plan": "pybench.prune.planning",
          "apply": "pybench.prune.surgery", "shrink_module": "pybench.prune.surgery", "PRUNERS": "pybench.prune.surgery"}
 

@@ -17,7 +17,15 @@ import numpy as np
 
 from pybench.prune.lut import LatencyTable, LayerCost
 
-__all__ = ["latency_counts"]
+__all__ = ["BudgetUnreachableError", "latency_counts"]
+
+
+class BudgetUnreachableError(ValueError):
+    """A latency budget below what the groups' least counts reach; ``least`` is the least reachable budget."""
+
+    def __init__(self, message: str, least: float) -> None:
+        super().__init__(message)
+        self.least = least
 
 
 class _Cost:
@@ -81,9 +89,10 @@ def latency_counts(groups: Mapping[int, tuple[np.ndarray, list[int]]], lut: Late
     for g, st in steps.items():
         floor.set(g, st[-1])
     if floor.ratio() > budget + 1e-12:
-        raise ValueError(f"latency_budget={budget:g} cannot be met: with every group at its least count "
-                         f"(min_channels, round_to) the table predicts {floor.ratio():.3f} of dense latency; ask for "
-                         f"at least {math.ceil(floor.ratio() * 1000) / 1000:g}")
+        least = math.ceil(floor.ratio() * 1000) / 1000
+        raise BudgetUnreachableError(
+            f"latency_budget={budget:g} cannot be met: with every group at its least count (min_channels, round_to) "
+            f"the table predicts {floor.ratio():.3f} of dense latency; ask for at least {least:g}", least)
     # importance kept at each count: the sum of the group's best scores
     kept_imp: dict[int, Callable[[int], float]] = {}
     for g, (s, _) in groups.items():

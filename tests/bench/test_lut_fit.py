@@ -77,3 +77,26 @@ def test_a_table_of_another_device_is_refused(model_and_table):
     gpu = dataclasses.replace(table, key={**table.key, "device": "cuda"})
     with pytest.raises(LutMismatchError, match="device='cuda', not 'cpu'"):
         pb.prune_to_latency(model, X, 0.6, gpu, device="cpu")
+
+
+def test_cli_prunes_to_a_budget_and_refuses_in_one_line(model_and_table, tmp_path, capsys):
+    from pybench import cli
+
+    _, table = model_and_table
+    lut, out = tmp_path / "t.json", tmp_path / "p.pt"
+    table.save(lut)
+    base = ["prune", "cifar_resnet20", "--input-size", "3", "16", "16"]
+    assert cli.main([*base, "--latency-budget", "0.6", "--lut", str(lut), "--rounds", "2", "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "plan 1: budget 0.600, predicted" in said and "<- kept" in said and out.exists()
+    assert pb.load(out)(X).shape == (1, 10)
+    for extra, why in ((["--lut", str(lut)], "used with --latency-budget"),
+                       (["--latency-budget", "0.6"], "needs --lut"),
+                       (["--latency-budget", "1.5", "--lut", str(lut)], "latency_budget must be a fraction"),
+                       (["--latency-budget", "0.6", "--lut", str(tmp_path / "none.json")], "does not exist"),
+                       (["--latency-budget", "0.6", "--lut", str(lut), "--schedule", "iterative"], "one_shot")):
+        assert cli.main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0], err
+    assert cli.main(["prune", "resnet18", "--latency-budget", "0.6", "--lut", str(lut)]) == 2
+    assert "another model" in capsys.readouterr().err

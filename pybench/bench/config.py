@@ -113,6 +113,8 @@ class PruneSettings:
     round_to: int = 1
     min_channels: int = 1
     ignore: tuple[str, ...] = ()
+    # the layers that choose filters (module type names such as "Conv2d", or module names); empty: every layer
+    layers: tuple[str, ...] = ()
     calibration_batches: int = 4
     example_batch_size: int = 1
     criterion_options: dict[str, Any] = field(default_factory=dict)

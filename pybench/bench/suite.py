@@ -134,7 +134,7 @@ def _known_schedules() -> list[str]:
 # are what [prune] schedule_options.<schedule> may set
 _FILLED_BY_THE_CELL = frozenset({"model", "example_inputs", "criterion", "data", "progress", "train_loader",
                                  "val_loader", "fine_tune_epochs", "fine_tune_kw", "criterion_kw", "ratio",
-                                 "macs_target", "scope", "round_to", "min_channels", "ignore"})
+                                 "macs_target", "scope", "round_to", "min_channels", "ignore", "layers"})
 
 
 def schedule_options(name: str) -> list[str]:

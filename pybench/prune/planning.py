@@ -132,6 +132,24 @@ def _ignored(graph: ChannelGraph, ignore: Iterable[str]) -> set[int]:
     return out
 
 
+def _outside_layers(graph: ChannelGraph, layers: Iterable[str]) -> set[int]:
+    """Groups some producer of which is not one of ``layers`` (type names or module names); empty: none."""
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    if not layers:
+        return set()
+    types = set(graph.module_types.values())
+    for name in layers:
+        if not isinstance(name, str) or (name not in types and name not in graph.module_types
+                                         and not any(k.startswith(name + ".") for k in graph.module_types)):
+            raise ValueError(f"layers names {name!r}, which is neither a module type nor a module of this graph; "
+                             f"its types: {', '.join(sorted(types))}")
+
+    def chosen(m: _slots.Member) -> bool:
+        return any(m.module_type == n or m.name == n or m.name.startswith(n + ".") for n in layers)
+
+    return {g.index for g in graph.groups if not all(chosen(m) for m in g.producers)}
+
+
 def _keep_count(n: int, remove: int, parts: int, round_to: int, min_channels: int) -> tuple[int, bool]:
     """Kept count for a group of n (in ``parts`` equal partitions) losing ``remove``; and whether it was clamped."""
     per = n // parts
@@ -222,8 +240,8 @@ def normalize(scores: Mapping[Group, torch.Tensor], method: str = "mean") -> dic
 
 def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float = 0.5, scope: str = "local",
          round_to: int = 1, min_channels: int = 1, ignore: Iterable[str] = (),
-         normalize_by: str = "mean", *, latency_budget: float | None = None, lut: LatencyTable | None = None
-         ) -> PrunePlan:
+         normalize_by: str = "mean", *, latency_budget: float | None = None, lut: LatencyTable | None = None,
+         layers: Iterable[str] = ()) -> PrunePlan:
     """Decide the channels each group keeps.
 
     Args:
@@ -236,6 +254,10 @@ def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float
         round_to: kept counts are multiples of this (where the group is large enough).
         min_channels: every group keeps at least this many (a clamp is reported in ``PrunePlan.notes``).
         ignore: module or parameter names whose groups stay whole.
+        layers: the layers that choose filters (empty: all): module type names (``"Conv2d"``) or module names
+            (a name covers its submodules). A group is shrunk only when every layer producing its channels is one
+            of them (Martineau prunes conv filters only: ``layers=["Conv2d"]`` keeps every Linear's outputs, while
+            the inputs a pruned conv feeds still shrink with it).
         normalize_by: "mean" (Wang et al.), "max", "l2" or "none"; a global scope and a latency budget use it.
         latency_budget: instead of ``ratio``, a fraction of the dense model's latency in (0, 1), predicted by
             ``lut`` (a :class:`~pybench.prune.lut.LatencyTable` of this model on the target): per-group counts
@@ -245,11 +267,12 @@ def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float
             groups' channels removed.
     """
     if latency_budget is not None:
-        return _latency_plan(graph, scores, latency_budget, lut, round_to, min_channels, ignore, normalize_by)
+        return _latency_plan(graph, scores, latency_budget, lut, round_to, min_channels, ignore, normalize_by,
+                             layers)
     if lut is not None:
         raise ValueError("lut= is only used with latency_budget=; give the budget (a fraction of dense latency)")
     _check(graph, ratio, scope, round_to, min_channels, normalize_by)
-    skip, arrays = _score_arrays(graph, scores, ignore)
+    skip, arrays = _score_arrays(graph, scores, ignore, layers)
     removals = {g: int(math.floor(ratio * g.size + 1e-9)) for g in arrays}
     if scope == "global" and arrays:
         normed = [s / _divisor(s, normalize_by) for s in arrays.values()]
@@ -265,11 +288,11 @@ def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float
                      [g for g in graph.groups if g.index in skip], notes)
 
 
-def _score_arrays(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor],
-                  ignore: Iterable[str]) -> tuple[set[int], dict[Group, np.ndarray]]:
+def _score_arrays(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ignore: Iterable[str],
+                  layers: Iterable[str] = ()) -> tuple[set[int], dict[Group, np.ndarray]]:
     """(indices of ignored groups, {group: float64 scores}) of the groups a plan may shrink; bad scores raise."""
     _check_scores(graph, scores)
-    skip = _ignored(graph, ignore)
+    skip = _ignored(graph, ignore) | _outside_layers(graph, layers)
     arrays: dict[Group, np.ndarray] = {}
     for g in graph.groups:
         if g.index in skip or g not in scores:
@@ -286,7 +309,8 @@ def _score_arrays(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor],
 
 
 def _latency_plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], budget: float, lut: LatencyTable | None,
-                  round_to: int, min_channels: int, ignore: Iterable[str], normalize_by: str) -> PrunePlan:
+                  round_to: int, min_channels: int, ignore: Iterable[str], normalize_by: str,
+                  layers: Iterable[str] = ()) -> PrunePlan:
     if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 < budget < 1:
         raise ValueError(f"latency_budget must be a fraction of the dense model's latency in (0, 1), e.g. 0.5, got "
                          f"{budget!r}")
@@ -295,7 +319,7 @@ def _latency_plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], bud
                         f"or LatencyTable.load), got {type(lut).__name__}")
     _check(graph, 0.0, "global", round_to, min_channels, normalize_by)
     lut.check(graph)
-    skip, arrays = _score_arrays(graph, scores, ignore)
+    skip, arrays = _score_arrays(graph, scores, ignore, layers)
     choices: dict[int, tuple[np.ndarray, list[int]]] = {}
     for g, s in arrays.items():
         allowed = sorted({_keep_count(g.size, r, g.blocks, round_to, min_channels)[0] for r in range(g.size + 1)},

@@ -87,7 +87,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["nope"], "unknown reproduction 'nope'; known: xor"),
+    (["nope"], "unknown reproduction 'nope'; known: alexnet-counts, xor"),
     (["xor", "--seeds", "2"], "--seeds must be >= 3"),
     (["xor", "--out", "/proc/pybench-nope"], "--out /proc/pybench-nope: cannot write there"),
 ])
@@ -95,3 +95,18 @@ def test_cli_refuses_in_one_line(args, message):
     r = _cli(*args)
     assert r.returncode == 2 and message in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_alexnet_counts_three_seeds(tmp_path):
+    rep = reproduce.run("alexnet-counts", seeds=3, out=tmp_path)
+    methods = json.loads((tmp_path / "alexnet-counts.json").read_text())["methods"]
+    assert all(r["params"] == 57_044_810 for r in methods["dense"])  # the poster's 57.0 M: a 10-class head
+    local = methods["local l1, conv filters 50%"]
+    assert all(r["conv_widths"] == "32/96/192/128/128" for r in local)  # half of each conv's filters
+    assert len({r["params"] for r in local}) == 1  # a per-layer ratio's counts do not depend on the weights
+    for level in ("10%", "30%", "50%", "75%"):
+        for name in (f"local l1, conv filters {level}", f"global act_mean, conv filters {level}"):
+            for r in methods[name]:
+                assert 0 < r["params_removed_pct"] < 100 and 0 < r["macs_removed_pct"] < 100
+                assert r["params_removed_pct"] == pytest.approx(100 * (1 - r["params"] / 57_044_810))
+    assert "params -34 %, FLOPs -65.3 %" in rep.markdown()

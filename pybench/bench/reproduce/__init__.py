@@ -18,7 +18,7 @@ from pybench.bench.reproduce.table import Reproduction
 __all__ = ["REPRODUCTIONS", "Reproduction", "names", "run"]
 
 REPRODUCTIONS: Registry = Registry("reproduction")
-_MODULES = ("xor",)  # each registers its reproductions on import
+_MODULES = ("xor", "counts")  # each registers its reproductions on import
 
 
 def names() -> list[str]:

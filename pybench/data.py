@@ -125,13 +125,15 @@ def _require_root(root: str | os.PathLike | None, name: str, layout: str) -> str
 # scikit-learn digits: a real, bundled, small image dataset
 # ---------------------------------------------------------------------------------------------------------------
 def digits(seed: int = 0, size: int = 32, channels: int = 3, test_size: float = 0.2,
-           val_size: float | int = 0.1) -> Splits:
+           val_size: float | int = 0.1, folds: int = 0, fold: int = 0) -> Splits:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes) as 32x32 3-channel images.
 
     Pixels are scaled to [0, 1], resized bilinearly to ``size`` x ``size``, repeated over ``channels`` and
     normalised with the mean and std of the training split. The split is stratified and fixed by ``seed``:
     ``test_size`` of all images for test, then ``val_size`` of the rest (a fraction, or a count) for validation.
-    With the defaults: 1,293 train, 144 val, 360 test images.
+    With the defaults: 1,293 train, 144 val, 360 test images. ``folds`` > 1: cross-validation instead of
+    ``test_size``: the test split is fold ``fold`` of a stratified ``folds``-fold partition (shuffled by ``seed``),
+    so the ``folds`` runs of a seed test on every image once.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -146,7 +148,16 @@ def digits(seed: int = 0, size: int = 32, channels: int = 3, test_size: float = 
     x = x.expand(-1, channels, -1, -1).contiguous()
     y = torch.as_tensor(bunch.target, dtype=torch.long)
     idx = list(range(len(y)))
-    rest, test_idx = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y.numpy())
+    if folds:
+        from sklearn.model_selection import StratifiedKFold
+
+        if not (isinstance(folds, int) and folds >= 2 and isinstance(fold, int) and 0 <= fold < folds):
+            raise ValueError(f"data: digits needs folds >= 2 and 0 <= fold < folds, got folds={folds!r}, "
+                             f"fold={fold!r}")
+        parts = StratifiedKFold(folds, shuffle=True, random_state=seed).split(idx, y.numpy())
+        rest, test_idx = (list(map(int, p)) for p in list(parts)[fold])
+    else:
+        rest, test_idx = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y.numpy())
     n_val = _n_val(val_size, len(rest))
     if n_val:
         train_idx, val_idx = train_test_split(rest, test_size=n_val, random_state=seed, stratify=y[rest].numpy())

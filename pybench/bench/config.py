@@ -115,6 +115,8 @@ class PruneSettings:
     ignore: tuple[str, ...] = ()
     # the layers that choose filters (module type names such as "Conv2d", or module names); empty: every layer
     layers: tuple[str, ...] = ()
+    # the most of one group a plan removes (a global ranking or a latency budget never thins a layer further)
+    max_ratio: float = 1.0
     calibration_batches: int = 4
     example_batch_size: int = 1
     criterion_options: dict[str, Any] = field(default_factory=dict)

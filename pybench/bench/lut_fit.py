@@ -89,8 +89,8 @@ def _wrap(backend: str) -> Any:
 
 def prune_to_latency(model: nn.Module, example_inputs: Any, budget: float, lut: LatencyTable, *,
                      criterion: str = "l1", data: Any = None, round_to: int = 1, min_channels: int = 1,
-                     ignore: Iterable[str] = (), layers: Iterable[str] = (), normalize_by: str = "mean",
-                     rounds: int = 3,
+                     ignore: Iterable[str] = (), layers: Iterable[str] = (), max_ratio: float = 1.0,
+                     normalize_by: str = "mean", rounds: int = 3,
                      tolerance: float = 0.05, device: str | None = None, target_ci: float = 0.02,
                      max_time_s: float = 5.0, channels_last: bool = False,
                      **criterion_kw: Any) -> tuple[nn.Module, Any, LatencyFit]:
@@ -102,7 +102,7 @@ def prune_to_latency(model: nn.Module, example_inputs: Any, budget: float, lut: 
         budget: fraction of the dense latency, in (0, 1).
         lut: the model's latency table on the target (:func:`pybench.latency_table` or ``LatencyTable.load``);
             the timing runs on its backend, dtype, batch size and threads.
-        criterion, data, round_to, min_channels, ignore, layers, normalize_by, criterion_kw: as
+        criterion, data, round_to, min_channels, ignore, layers, max_ratio, normalize_by, criterion_kw: as
             :func:`pybench.prune`.
         rounds: how many plans at most (1: the table's plan, measured but not corrected).
         tolerance: the relative miss (measured / budget - 1) that ends the correction.
@@ -130,7 +130,7 @@ def prune_to_latency(model: nn.Module, example_inputs: Any, budget: float, lut: 
     graph = trace(dense, inputs)
     scores = score(dense, graph, criterion, data=data, **criterion_kw)
     plan_kw = {"round_to": round_to, "min_channels": min_channels, "ignore": ignore, "layers": layers,
-               "normalize_by": normalize_by}
+               "max_ratio": max_ratio, "normalize_by": normalize_by}
     done: list[tuple[LatencyRound, nn.Module, Any, tuple]] = []
     b = float(budget)
     for _ in range(rounds):

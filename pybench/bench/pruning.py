@@ -65,7 +65,8 @@ def prune_with(dense: Any, x: Any, *, criterion: str, schedule: str, level: floa
         "val_loader": (loaders.val or loaders.test) if loaders and schedule != "one_shot" else None,
         "fine_tune_epochs": epochs, "fine_tune_kw": tune_kw, "criterion_kw": criterion_kw or None,
         "scope": settings.scope, "round_to": settings.round_to, "min_channels": settings.min_channels,
-        "ignore": tuple(settings.ignore), "layers": tuple(settings.layers), **settings.schedule_options}
+        "ignore": tuple(settings.ignore), "layers": tuple(settings.layers),
+        "max_ratio": settings.max_ratio, **settings.schedule_options}
     given["ratio" if "ratio" in params else "macs_target"] = level if "ratio" in params else 1 - level
     out = fn(dense, x, **{k: v for k, v in given.items() if k in params})
     return out[0] if isinstance(out, tuple) else out
@@ -132,6 +133,7 @@ def prune_to_budget(ctx: Context, dense: Any, cell: Cell, loaders: Any) -> tuple
     model, plan, fit = pb.prune_to_latency(
         dense, example_input(cell, batch=1), cell.level, table, criterion=cell.criterion, data=data,
         round_to=p.round_to, min_channels=p.min_channels, ignore=tuple(p.ignore), layers=tuple(p.layers),
+        max_ratio=p.max_ratio,
         normalize_by=p.schedule_options.get("normalize_by", "mean"), rounds=p.latency_rounds,
         tolerance=p.latency_tolerance, device=cell.device, target_ci=cell.metrics.target_ci,
         max_time_s=cell.metrics.max_time_s, channels_last=cell.metrics.channels_last,

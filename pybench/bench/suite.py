@@ -134,7 +134,8 @@ def _known_schedules() -> list[str]:
 # are what [prune] schedule_options.<schedule> may set
 _FILLED_BY_THE_CELL = frozenset({"model", "example_inputs", "criterion", "data", "progress", "train_loader",
                                  "val_loader", "fine_tune_epochs", "fine_tune_kw", "criterion_kw", "ratio",
-                                 "macs_target", "scope", "round_to", "min_channels", "ignore", "layers"})
+                                 "macs_target", "scope", "round_to", "min_channels", "ignore", "layers",
+                                 "max_ratio"})
 
 
 def schedule_options(name: str) -> list[str]:
@@ -304,6 +305,9 @@ def loads(text: str, path: str = "<string>", data_root: str | None = None, requi
     _allowed(where, "criterion_options", list(pr["criterion_options"]), sorted(takes),
              f" (the options of criteria {', '.join(m['criteria'])})")
 
+    if not 0 < pr["max_ratio"] <= 1:
+        raise SuiteError(f"{where}: key 'max_ratio' must be a fraction in (0, 1] (the most of one group a plan "
+                         f"removes), got {pr['max_ratio']}")
     _check_latency_target(where, pr, m, path, require_data)
 
     run = tables["run"]

@@ -44,7 +44,8 @@ def warn_if_mostly_pinned(graph: Any, model_name: str = "model") -> None:
 def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, criterion: str = "l1", scope: str = "local",
           *, data: Any = None, round_to: int = 1, min_channels: int = 1, ignore: Iterable[str] = (),
           normalize_by: str = "mean", within: str | None = None, latency_budget: float | None = None,
-          lut: Any = None, layers: Iterable[str] = (), **criterion_kw: Any) -> tuple[nn.Module, PrunePlan]:
+          lut: Any = None, layers: Iterable[str] = (), max_ratio: float = 1.0,
+          **criterion_kw: Any) -> tuple[nn.Module, PrunePlan]:
     """Prune ``model`` at ``ratio`` by ``criterion``; returns ``(pruned copy, plan)``. ``model`` is untouched.
 
     See :func:`pybench.trace`, :func:`pybench.score`, :func:`pybench.plan` and :func:`pybench.apply` for the
@@ -58,7 +59,8 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, criterion: 
     the submodule receives, the submodule is traced and pruned on that, keeping every channel that leaves it, and
     the copy of the whole model gets the pruned submodule (so it still runs). The plan is the submodule's.
 
-    ``layers``: the layers that choose filters (module type names or module names; see :func:`pybench.plan`).
+    ``layers``: the layers that choose filters (module type names or module names); ``max_ratio``: the most of any
+    one group removed (see :func:`pybench.plan`).
 
     ``latency_budget`` with ``lut``: prune to that fraction of the dense latency as ``lut`` (a latency table of this
     model on the target, :func:`pybench.latency_table`) predicts, instead of to ``ratio``; see :func:`pybench.plan`.
@@ -66,12 +68,13 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, criterion: 
     if within is not None:
         return _prune_within(model, example_inputs, within, ratio=ratio, criterion=criterion, scope=scope, data=data,
                              round_to=round_to, min_channels=min_channels, ignore=ignore, normalize_by=normalize_by,
-                             latency_budget=latency_budget, lut=lut, layers=layers, **criterion_kw)
+                             latency_budget=latency_budget, lut=lut, layers=layers, max_ratio=max_ratio,
+                             **criterion_kw)
     graph = trace(model, example_inputs)
     warn_if_mostly_pinned(graph, type(model).__name__)
     scores = score(model, graph, criterion, data=data, **criterion_kw)
     p = plan(graph, scores, ratio=ratio, scope=scope, round_to=round_to, min_channels=min_channels, ignore=ignore,
-             normalize_by=normalize_by, latency_budget=latency_budget, lut=lut, layers=layers)
+             normalize_by=normalize_by, latency_budget=latency_budget, lut=lut, layers=layers, max_ratio=max_ratio)
     return apply(model, p), p
 
 

@@ -83,7 +83,7 @@ class PrunePlan:
 
 
 def _check(graph: ChannelGraph, ratio: float, scope: str, round_to: int, min_channels: int,
-           normalize_by: str = "mean") -> None:
+           normalize_by: str = "mean", max_ratio: float = 1.0) -> None:
     if not isinstance(graph, ChannelGraph):
         raise TypeError(f"graph must be a ChannelGraph from pybench.trace, got {type(graph).__name__}")
     if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
@@ -96,6 +96,9 @@ def _check(graph: ChannelGraph, ratio: float, scope: str, round_to: int, min_cha
         raise ValueError(f"min_channels must be an int >= 1 (a layer is never pruned away), got {min_channels!r}")
     if normalize_by not in NORMALIZATIONS:
         raise ValueError(f"normalize_by must be one of {list(NORMALIZATIONS)}, got {normalize_by!r}")
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 0 < max_ratio <= 1:
+        raise ValueError(f"max_ratio must be a fraction in (0, 1] (the most of one group a plan removes), got "
+                         f"{max_ratio!r}")
 
 
 def _check_scores(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor]) -> None:
@@ -197,13 +200,20 @@ def _choose(g: Group, s: np.ndarray, keep: int) -> np.ndarray:
     return np.sort(order[:keep])
 
 
-def global_removals(scores: Sequence[np.ndarray], ratio: float, min_channels: int) -> list[int]:
+def _most(size: int, max_ratio: float) -> int:
+    """The most channels a group of ``size`` may lose under ``max_ratio``."""
+    return int(math.floor(max_ratio * size + 1e-9))
+
+
+def global_removals(scores: Sequence[np.ndarray], ratio: float, min_channels: int,
+                    max_ratio: float = 1.0) -> list[int]:
     """How many channels each score vector loses when all are ranked together: the ``floor(ratio * total)`` least
-    important go, greedily from the least important, never taking a group below ``min_channels``."""
+    important go, greedily from the least important, never taking a group below ``min_channels`` or more than
+    ``max_ratio`` of it."""
     flat = np.concatenate(scores)
     owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(scores)])
     n_remove = int(math.floor(ratio * flat.size + 1e-9))
-    cap = [len(s) - min(min_channels, len(s)) for s in scores]
+    cap = [min(len(s) - min(min_channels, len(s)), _most(len(s), max_ratio)) for s in scores]
     taken = [0] * len(scores)
     for i in np.argsort(flat, kind="stable"):  # least important first, skipping groups at their floor
         if n_remove == 0:
@@ -241,7 +251,7 @@ def normalize(scores: Mapping[Group, torch.Tensor], method: str = "mean") -> dic
 def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float = 0.5, scope: str = "local",
          round_to: int = 1, min_channels: int = 1, ignore: Iterable[str] = (),
          normalize_by: str = "mean", *, latency_budget: float | None = None, lut: LatencyTable | None = None,
-         layers: Iterable[str] = ()) -> PrunePlan:
+         layers: Iterable[str] = (), max_ratio: float = 1.0) -> PrunePlan:
     """Decide the channels each group keeps.
 
     Args:
@@ -258,6 +268,8 @@ def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float
             (a name covers its submodules). A group is shrunk only when every layer producing its channels is one
             of them (Martineau prunes conv filters only: ``layers=["Conv2d"]`` keeps every Linear's outputs, while
             the inputs a pruned conv feeds still shrink with it).
+        max_ratio: the largest fraction of any one group a plan removes, in (0, 1] (Torch-Pruning's
+            ``max_pruning_ratio``): a global ranking or a latency budget then never thins a layer to a sliver.
         normalize_by: "mean" (Wang et al.), "max", "l2" or "none"; a global scope and a latency budget use it.
         latency_budget: instead of ``ratio``, a fraction of the dense model's latency in (0, 1), predicted by
             ``lut`` (a :class:`~pybench.prune.lut.LatencyTable` of this model on the target): per-group counts
@@ -268,15 +280,15 @@ def plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float
     """
     if latency_budget is not None:
         return _latency_plan(graph, scores, latency_budget, lut, round_to, min_channels, ignore, normalize_by,
-                             layers)
+                             layers, max_ratio)
     if lut is not None:
         raise ValueError("lut= is only used with latency_budget=; give the budget (a fraction of dense latency)")
-    _check(graph, ratio, scope, round_to, min_channels, normalize_by)
+    _check(graph, ratio, scope, round_to, min_channels, normalize_by, max_ratio)
     skip, arrays = _score_arrays(graph, scores, ignore, layers)
-    removals = {g: int(math.floor(ratio * g.size + 1e-9)) for g in arrays}
+    removals = {g: min(int(math.floor(ratio * g.size + 1e-9)), _most(g.size, max_ratio)) for g in arrays}
     if scope == "global" and arrays:
         normed = [s / _divisor(s, normalize_by) for s in arrays.values()]
-        removals = dict(zip(arrays, global_removals(normed, ratio, min_channels), strict=True))
+        removals = dict(zip(arrays, global_removals(normed, ratio, min_channels, max_ratio), strict=True))
     keep: dict[Group, torch.Tensor] = {}
     notes: list[str] = []
     for g, s in arrays.items():
@@ -310,20 +322,20 @@ def _score_arrays(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ign
 
 def _latency_plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], budget: float, lut: LatencyTable | None,
                   round_to: int, min_channels: int, ignore: Iterable[str], normalize_by: str,
-                  layers: Iterable[str] = ()) -> PrunePlan:
+                  layers: Iterable[str] = (), max_ratio: float = 1.0) -> PrunePlan:
     if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 < budget < 1:
         raise ValueError(f"latency_budget must be a fraction of the dense model's latency in (0, 1), e.g. 0.5, got "
                          f"{budget!r}")
     if not isinstance(lut, LatencyTable):
         raise TypeError("latency_budget needs lut=, a latency table of this model on the target (pb.latency_table "
                         f"or LatencyTable.load), got {type(lut).__name__}")
-    _check(graph, 0.0, "global", round_to, min_channels, normalize_by)
+    _check(graph, 0.0, "global", round_to, min_channels, normalize_by, max_ratio)
     lut.check(graph)
     skip, arrays = _score_arrays(graph, scores, ignore, layers)
     choices: dict[int, tuple[np.ndarray, list[int]]] = {}
     for g, s in arrays.items():
-        allowed = sorted({_keep_count(g.size, r, g.blocks, round_to, min_channels)[0] for r in range(g.size + 1)},
-                         reverse=True)
+        allowed = sorted({_keep_count(g.size, r, g.blocks, round_to, min_channels)[0]
+                          for r in range(_most(g.size, max_ratio) + 1)}, reverse=True)
         choices[g.index] = (s / _divisor(s, normalize_by), allowed)
     counts, predicted, notes = latency_counts(choices, lut, float(budget))
     keep = {g: torch.from_numpy(_choose(g, s, counts[g.index]).astype(np.int64)) for g, s in arrays.items()}

@@ -129,9 +129,10 @@ def _scores(model: nn.Module, graph: ChannelGraph, criterion: str, data: Any,
 
 
 def _plan(graph: ChannelGraph, scores: Mapping[Group, torch.Tensor], ratio: float, scope: str, normalize_by: str,
-          round_to: int, min_channels: int, ignore: Iterable[str], layers: Iterable[str] = ()) -> PrunePlan:
+          round_to: int, min_channels: int, ignore: Iterable[str], layers: Iterable[str] = (),
+          max_ratio: float = 1.0) -> PrunePlan:
     return plan(graph, scores, ratio=ratio, scope=scope, round_to=round_to, min_channels=min_channels, ignore=ignore,
-                normalize_by=normalize_by, layers=layers)
+                normalize_by=normalize_by, layers=layers, max_ratio=max_ratio)
 
 
 _DDP_KEYS = ("nprocs", "backend", "sync_batchnorm")  # pybench.distributed.fine_tune's own arguments
@@ -175,7 +176,7 @@ def one_shot(model: nn.Module, example_inputs: Any, ratio: float | None = None, 
              train_loader: Any = None, val_loader: Any = None, fine_tune_epochs: int = 0,
              fine_tune_kw: Mapping[str, Any] | None = None, criterion_kw: Mapping[str, Any] | None = None,
              round_to: int = 1, min_channels: int = 1, ignore: Iterable[str] = (), search_steps: int = 14,
-             layers: Iterable[str] = (), progress: bool = True) -> tuple[nn.Module, History]:
+             layers: Iterable[str] = (), max_ratio: float = 1.0, progress: bool = True) -> tuple[nn.Module, History]:
     """Score once, prune once (to ``ratio`` of the channels, or to the smallest channel ratio whose pruned model
     keeps at most ``macs_target`` of the dense MACs), then fine-tune ``fine_tune_epochs`` epochs.
 
@@ -209,6 +210,7 @@ def one_shot(model: nn.Module, example_inputs: Any, ratio: float | None = None, 
     rec = _Recorder(example_inputs, val_loader)
     bar = tqdm(total=2, desc=f"one_shot {criterion}", disable=not progress, leave=False)
     kw = {"scope": scope, "round_to": round_to, "min_channels": min_channels, "ignore": ignore, "layers": layers,
+          "max_ratio": max_ratio,
           "normalize_by": normalize_by}
     if ratio is not None:  # pb.prune: the one one-shot path; it refuses a bad input first, as pb.prune does
         t0 = time.perf_counter()
@@ -259,7 +261,7 @@ def iterative(model: nn.Module, example_inputs: Any, ratio: float, steps: int = 
               scope: str = "local", normalize_by: str = "mean", data: Any = None, train_loader: Any = None,
               val_loader: Any = None, fine_tune_epochs: int = 1, fine_tune_kw: Mapping[str, Any] | None = None,
               criterion_kw: Mapping[str, Any] | None = None, round_to: int = 1, min_channels: int = 1,
-              ignore: Iterable[str] = (), layers: Iterable[str] = (),
+              ignore: Iterable[str] = (), layers: Iterable[str] = (), max_ratio: float = 1.0,
               progress: bool = True) -> tuple[nn.Module, History]:
     """``steps`` prune + fine-tune rounds reaching ``ratio`` of the original channels removed: after step i,
     ``ratio * i / steps`` of them are gone; each step re-scores the current model and fine-tunes with a fresh
@@ -284,7 +286,7 @@ def iterative(model: nn.Module, example_inputs: Any, ratio: float, steps: int = 
         graph = trace(work, example_inputs)
         scores = _scores(work, graph, criterion, data, criterion_kw)
         work = apply(work, _plan(graph, scores, step_ratio, scope, normalize_by, round_to, min_channels, ignore,
-                                 layers))
+                                 layers, max_ratio))
         tune(work, train_loader, fine_tune_epochs, fine_tune_kw)
         work.eval()
         rec.add(i, work, t0, ratio=goal, step_ratio=step_ratio)
@@ -404,7 +406,7 @@ def gradual_global(model: nn.Module, example_inputs: Any, train_loader: Any, val
                    fine_tune_epochs: int = 1, fine_tune_kw: Mapping[str, Any] | None = None,
                    criterion_kw: Mapping[str, Any] | None = None, max_steps: int = 50, round_to: int = 1,
                    min_channels: int = 1, ignore: Iterable[str] = (), layers: Iterable[str] = (),
-                   progress: bool = True) -> tuple[nn.Module, History]:
+                   max_ratio: float = 1.0, progress: bool = True) -> tuple[nn.Module, History]:
     """Wang et al.'s gradually global pruning: while the validation accuracy P_m >= ``target`` (P_t, a fraction):
     score all filters, normalise per layer (``normalize_by``), remove ``rate`` of all remaining filters in one
     global ranking, fine-tune, re-evaluate. Returns the last model whose accuracy was at or above the target
@@ -446,7 +448,7 @@ def gradual_global(model: nn.Module, example_inputs: Any, train_loader: Any, val
         t0 = time.perf_counter()
         graph = trace(best, example_inputs)
         scores = _scores(best, graph, criterion, data, criterion_kw)
-        p = _plan(graph, scores, rate, "global", normalize_by, round_to, min_channels, ignore, layers)
+        p = _plan(graph, scores, rate, "global", normalize_by, round_to, min_channels, ignore, layers, max_ratio)
         if p.n_removed == 0:
             break
         cand = apply(best, p)

@@ -179,3 +179,16 @@ def test_save_load_roundtrip_and_hostile_files(tmp_path):
             LatencyTable.load(tmp_path / "b.json")
     with pytest.raises(FileNotFoundError, match="pybench lut"):
         LatencyTable.load(tmp_path / "missing.json")
+
+
+def test_budget_plan_honours_max_ratio_and_names_the_least_reachable_budget():
+    model = _net()
+    table, graph = _table(model)
+    scores = pb.score(model, graph, "l1")
+    free = pb.plan(graph, scores, latency_budget=0.3, lut=table)
+    sizes = {g.index: g.size for g in graph.groups}
+    assert any(k.numel() < sizes[g.index] / 2 for g, k in free.keep.items())  # uncapped, some group is thinned
+    capped = pb.plan(graph, scores, latency_budget=0.6, lut=table, max_ratio=0.5)
+    assert all(k.numel() >= sizes[g.index] / 2 for g, k in capped.keep.items())
+    with pytest.raises(ValueError, match="ask for at least"):
+        pb.plan(graph, scores, latency_budget=0.05, lut=table, max_ratio=0.5)

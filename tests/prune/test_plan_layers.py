@@ -57,3 +57,31 @@ def test_schedules_and_suites_pass_layers_on():
             '[prune]\nlayers = ["Conv2d"]\n')
     cells = [c for c in S.expand(S.loads(text, "n.toml")) if c.level > 0]
     assert cells and cells[0].prune.layers == ("Conv2d",)
+
+
+def test_max_ratio_caps_every_group_in_local_global_and_budget_plans():
+    net = _net()
+    graph = pb.trace(net, X)
+    scores = pb.score(net, graph, "l1")
+    sizes = {g.index: g.size for g in graph.groups}
+    for kw in ({"ratio": 0.9}, {"ratio": 0.6, "scope": "global"}):
+        capped = pb.plan(graph, scores, max_ratio=0.5, **kw)
+        assert all(k.numel() >= sizes[g.index] // 2 for g, k in capped.keep.items()), kw
+        free = pb.plan(graph, scores, **kw)
+        assert any(k.numel() < sizes[g.index] // 2 for g, k in free.keep.items()), kw  # the cap did something
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="max_ratio must be a fraction in"):
+            pb.plan(graph, scores, ratio=0.5, max_ratio=bad)
+
+
+def test_digits_folds_test_every_image_once_per_seed():
+    from pybench import data
+
+    seen = []
+    for fold in range(3):
+        s = data.digits(seed=4, size=8, folds=3, fold=fold)
+        assert len(s.train) + len(s.val) + len(s.test) == 1797
+        seen += [tuple(x.flatten().tolist()) + (int(y),) for x, y in s.test]
+    assert len(seen) == 1797  # the three test folds partition the set
+    with pytest.raises(ValueError, match="folds >= 2 and 0 <= fold < folds"):
+        data.digits(folds=3, fold=3)
